@@ -1,0 +1,270 @@
+"""Frozen configuration dataclasses, and their YAML / plain-dict round trip.
+
+Only builders read a config; modules take explicit arguments. A resolved config
+(no ``None`` left that a builder would fill in) is saved next to every checkpoint,
+run and engine, so a result can always be traced back to what produced it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value or file that cannot be used, with the field named."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+    """How an image becomes a model input. Defined once, read by every backend.
+
+    Attributes:
+        input_size: Side of the square network input in pixels.
+        mean: Per-channel mean subtracted after scaling pixels to [0, 1].
+        std: Per-channel standard deviation divided after the mean.
+        resize: ``"stretch"`` resizes the whole image to ``input_size`` x ``input_size``
+            without keeping the aspect ratio (the paper's protocol).
+        interpolation: ``"bilinear"`` (antialiased when shrinking) or ``"bicubic"``.
+    """
+
+    input_size: int = 448
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    resize: str = "stretch"
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if self.input_size <= 0:
+            raise ConfigError(f"preprocess.input_size must be positive, got {self.input_size}")
+        if self.resize != "stretch":
+            raise ConfigError(f"preprocess.resize must be 'stretch', got {self.resize!r}")
+        if self.interpolation not in ("bilinear", "bicubic"):
+            raise ConfigError(
+                f"preprocess.interpolation must be 'bilinear' or 'bicubic', got {self.interpolation!r}"
+            )
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ConfigError(f"preprocess.mean/std need 3 values, std > 0; got {self.mean}, {self.std}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of an LCIE model (paper section 3); every Table 3 module is a switch.
+
+    Attributes:
+        backbone: timm model name, built with ``features_only=True``.
+        img_size: Square input side; fixes h*w and so the fused width E = D + h*w.
+        num_classes: Number of labels C.
+        feature_reductions: Strides of the backbone levels fused by MLFF (X3, X4, X5).
+        mlff: Fuse all levels (eq. 1); off means X5 alone.
+        lcie: Label decoder (eq. 2-3): label queries cross-attend to the image tokens.
+        spatial: Spatial branch (eq. 4-5): 1x1 conv D -> C, then global max pool.
+        full: Full-label correlation encoder over the fused label tokens (eq. 7-8).
+        partial: Partial-label branch (eq. 9-10), training only.
+        share_encoder: The partial branch reuses the full-label encoder (paper) or owns one.
+        decoder_layers: Label decoder depth.
+        encoder_layers: Correlation encoder depth.
+        num_heads: Attention heads, in both decoder and encoder.
+        ffn_dim: Hidden width of every feed-forward block.
+        dropout: Dropout in attention weights, residual branches and FFNs.
+        activation: ``"relu"`` or ``"gelu"`` in the FFNs.
+        decoder_pos_embed: ``"none"``, or ``"sine"`` to add a fixed 2-D sine code to the keys.
+        mask_ratio: Fraction of label tokens the partial branch drops (rounded half up).
+        backbone_kwargs: Extra keyword arguments for ``timm.create_model``.
+        preprocess: Input preprocessing; ``None`` asks the builder to take the backbone's.
+    """
+
+    backbone: str = "resnet101"
+    img_size: int = 448
+    num_classes: int = 80
+    feature_reductions: tuple[int, ...] = (8, 16, 32)
+    mlff: bool = True
+    lcie: bool = True
+    spatial: bool = True
+    full: bool = True
+    partial: bool = True
+    share_encoder: bool = True
+    decoder_layers: int = 3
+    encoder_layers: int = 3
+    num_heads: int = 4
+    ffn_dim: int = 2048
+    dropout: float = 0.1
+    activation: str = "relu"
+    decoder_pos_embed: str = "none"
+    mask_ratio: float = 0.1
+    backbone_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    preprocess: PreprocessConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 1:
+            raise ConfigError(f"model.num_classes must be >= 1, got {self.num_classes}")
+        if self.activation not in ("relu", "gelu"):
+            raise ConfigError(f"model.activation must be 'relu' or 'gelu', got {self.activation!r}")
+        if self.decoder_pos_embed not in ("none", "sine"):
+            raise ConfigError(
+                f"model.decoder_pos_embed must be 'none' or 'sine', got {self.decoder_pos_embed!r}"
+            )
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ConfigError(f"model.mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.full and not (self.lcie or self.spatial):
+            raise ConfigError("model.full needs label tokens: turn on model.lcie or model.spatial")
+        if self.partial and not (self.lcie or self.spatial):
+            raise ConfigError("model.partial needs label tokens: turn on model.lcie or model.spatial")
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain data (dicts, lists, numbers, strings) of a config dataclass: YAML and JSON safe."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, (tuple, list)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    return plain(config)
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, *, where: str = "") -> T:
+    """Build config dataclass ``cls`` from plain data, checking every field name and type.
+
+    Raises:
+        ConfigError: an unknown field (with the known ones listed), or a value of the wrong type.
+    """
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown field(s) {', '.join(where + k for k in unknown)}; "
+            f"known: {', '.join(sorted(fields))}"
+        )
+    kwargs = {name: _coerce(hints[name], value, where + name) for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, name: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, name)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError("; ".join(errors))
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} must be a mapping, got {value!r}")
+        return from_dict(hint, value, where=name + ".")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} must be a list, got {value!r}")
+        item = args[0] if args else Any
+        return tuple(_coerce(item, v, f"{name}[{i}]") for i, v in enumerate(value))
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} must be a list, got {value!r}")
+        return [_coerce(args[0] if args else Any, v, f"{name}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{name} must be a string, got {value!r}")
+    return value
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; an empty file is an empty mapping."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def save_yaml(data: Any, path: str | Path) -> None:
+    """Write a config dataclass or plain mapping as YAML (keys in declaration order)."""
+    if dataclasses.is_dataclass(data):
+        data = to_dict(data)
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into its key path and a YAML-parsed value.
+
+    Raises:
+        ConfigError: when ``text`` has no ``=`` or an empty key.
+    """
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} is not of the form key=value (e.g. train.epochs=5)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def merge_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a deep copy of ``data`` with every ``key=value`` override applied in order."""
+    import copy
+
+    merged = copy.deepcopy(data)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = merged
+        for key in keys[:-1]:
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {key} is not a section")
+            node = child
+        node[keys[-1]] = value
+    return merged

@@ -1,0 +1,110 @@
+"""The metadata every checkpoint, ONNX graph and engine bundle carries, as plain data.
+
+Preprocessing is defined here once (through :class:`~lcie_fast.config.PreprocessConfig`) and
+read back from this metadata by every backend, so a graph cannot be fed differently from
+how its model was trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from .config import ModelConfig, PreprocessConfig, from_dict, to_dict
+
+FORMAT_VERSION = 1
+
+
+class MetadataError(ValueError):
+    """Metadata that is missing or malformed, with the field named."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelMetadata:
+    """Everything needed to rebuild, feed and interpret a model.
+
+    Attributes:
+        preset: Registered preset name the model was built from.
+        label_names: Name of each of the C outputs, in logit order.
+        model_config: The resolved :class:`~lcie_fast.config.ModelConfig`.
+        precision: ``fp32``, ``fp16``, ``bf16`` or ``int8``: what the artefact computes in.
+        lcie_fast_version: Version of lcie_fast that wrote the artefact.
+        extra: Free-form plain data (epoch, metrics, calibration manifest, TensorRT build info).
+    """
+
+    preset: str
+    label_names: tuple[str, ...]
+    model_config: ModelConfig
+    precision: str = "fp32"
+    lcie_fast_version: str = ""
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.label_names) != self.model_config.num_classes:
+            raise MetadataError(
+                f"label_names has {len(self.label_names)} names but the model has "
+                f"{self.model_config.num_classes} classes"
+            )
+        if self.model_config.preprocess is None:
+            raise MetadataError("model_config.preprocess must be resolved (build the model first)")
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        """Input preprocessing: size, mean, std, resize rule."""
+        assert self.model_config.preprocess is not None
+        return self.model_config.preprocess
+
+    @property
+    def num_classes(self) -> int:
+        return self.model_config.num_classes
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, with the preprocessing also spelled out at the top level for readers."""
+        data = to_dict(self)
+        data["format_version"] = FORMAT_VERSION
+        data["preprocess"] = to_dict(self.preprocess)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelMetadata":
+        """Inverse of :meth:`to_dict`; raises :class:`MetadataError` naming a bad field."""
+        if not isinstance(data, dict):
+            raise MetadataError(f"metadata must be a mapping, got {type(data).__name__}")
+        version = data.get("format_version", FORMAT_VERSION)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise MetadataError(
+                f"metadata format_version {version!r} is newer than this lcie_fast understands "
+                f"({FORMAT_VERSION}); upgrade lcie-fast"
+            )
+        missing = [k for k in ("preset", "label_names", "model_config") if k not in data]
+        if missing:
+            raise MetadataError(f"metadata lacks field(s) {missing}")
+        try:
+            config = from_dict(ModelConfig, data["model_config"], where="model_config.")
+            return cls(
+                preset=str(data["preset"]),
+                label_names=tuple(str(n) for n in data["label_names"]),
+                model_config=config,
+                precision=str(data.get("precision", "fp32")),
+                lcie_fast_version=str(data.get("lcie_fast_version", "")),
+                extra=dict(data.get("extra") or {}),
+            )
+        except (ValueError, TypeError) as err:
+            raise MetadataError(f"bad metadata: {err}") from err
+
+
+def metadata_for(model: Any, label_names: list[str] | tuple[str, ...] | None = None,
+                 precision: str = "fp32", extra: dict[str, Any] | None = None) -> ModelMetadata:
+    """Metadata of a built model (``model.config``, ``model.preset``) and its label names."""
+    from . import __version__
+
+    config: ModelConfig = model.config
+    names = tuple(label_names) if label_names is not None else tuple(f"class_{i}" for i in range(config.num_classes))
+    return ModelMetadata(
+        preset=getattr(model, "preset", "custom"),
+        label_names=names,
+        model_config=config,
+        precision=precision,
+        lcie_fast_version=__version__,
+        extra=dict(extra or {}),
+    )

@@ -1,0 +1,197 @@
+"""Multi-label metrics of the paper's tables: mAP, CP/CR/CF1, OP/OR/OF1, and their top-k forms.
+
+Conventions (all values in percent):
+
+- **Targets**: 1 positive, 0 negative; any other value (e.g. -1 for VOC "difficult" or an
+  unknown label in partial-label data) is ignored for that (image, class) pair: it is neither
+  ranked in AP nor counted in any precision or recall.
+- **AP** of a class is non-interpolated average precision, the ML-GCN protocol the paper's
+  tables follow: the mean, over the class's positives, of the precision at the rank of each
+  positive. **Ties** in scores are resolved as one threshold step: every tied image enters the
+  ranking at once, so the precision at a tied positive is the precision after the whole tie
+  group (scikit-learn's ``average_precision_score``). Without ties this equals ML-GCN's loop
+  exactly, and it never depends on the input order. ``interpolated=True`` gives the
+  Query2Label/VOC-2010 all-point interpolated AP (precision made monotone from the right).
+- **mAP** is the mean AP over classes with at least one positive target. A class with no
+  positive target is left out of mAP, CP, CR (and their top-k forms), and is named in
+  ``classes_without_positives``; it still counts in OP/OR, where its false positives belong.
+- **CP** = mean over classes of TP/predicted. A class with no positive prediction has
+  precision 0 in that mean (ML-GCN's convention), and is named in
+  ``classes_without_predictions``.
+- **CR** = mean over classes of TP/positives; **CF1** = 2 CP CR / (CP + CR), the F1 of the
+  means (not the mean of per-class F1s). **OP**, **OR**, **OF1** pool the counts of all
+  classes. An F1 whose precision and recall are both 0 is 0.
+- A label is predicted when its probability is >= ``threshold`` (logits are passed through a
+  sigmoid first when ``from_logits=True``). The ``_top{k}`` metrics first keep each image's k
+  highest-scoring labels (ties broken towards the lower class index), then apply the threshold.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def _to_numpy(values: Any, name: str) -> np.ndarray:
+    if hasattr(values, "detach"):  # torch tensor, on any device and dtype
+        values = values.detach().float().cpu().numpy()
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (images, classes), got shape {array.shape}")
+    return array
+
+
+def average_precision(scores: Any, targets: Any, *, interpolated: bool = False) -> np.ndarray:
+    """Per-class average precision in [0, 1] (NaN for a class without positives).
+
+    Vectorised over classes: one sort of the (C, N) score matrix, then cumulative counts.
+    AP = sum over tie groups g of (positives in g) x precision after g, over all positives.
+
+    Args:
+        scores: (N, C) scores; any monotone transform (logits or probabilities) gives the same AP.
+        targets: (N, C) with 1 positive, 0 negative, anything else ignored.
+        interpolated: All-point interpolated AP instead of the non-interpolated ML-GCN AP.
+    """
+    scores = np.ascontiguousarray(_to_numpy(scores, "scores").T)  # (C, N): rows sort fastest
+    targets = np.ascontiguousarray(_to_numpy(targets, "targets").T)  # (C, N)
+    order = np.argsort(-scores, axis=1)  # (C, N); order inside a tie group does not matter
+    ranked = np.take_along_axis(scores, order, axis=1)  # (C, N)
+    ranked_targets = np.take_along_axis(targets, order, axis=1)  # (C, N)
+    positive = ranked_targets == 1
+    tp = np.cumsum(positive, axis=1, dtype=np.int64)  # (C, N)
+    seen = np.cumsum(positive | (ranked_targets == 0), axis=1, dtype=np.int64)  # (C, N)
+    group_end = np.ones_like(positive)
+    group_end[:, :-1] = ranked[:, 1:] != ranked[:, :-1]
+    precision = np.where(group_end, tp / np.maximum(seen, 1), 0.0)  # (C, N), at group ends only
+    if interpolated:  # best precision at this or any later recall
+        precision = np.where(group_end, np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1], 0.0)
+    tp_at_end = np.where(group_end, tp, 0)
+    tp_before = np.zeros_like(tp_at_end)
+    tp_before[:, 1:] = np.maximum.accumulate(tp_at_end, axis=1)[:, :-1]  # tp at the previous group end
+    num_positive = tp[:, -1] if tp.shape[1] else np.zeros(tp.shape[0], dtype=np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = ((tp_at_end - tp_before) * precision).sum(axis=1) / num_positive
+    return np.where(num_positive > 0, ap, np.nan)
+
+
+def _prf(tp: np.ndarray, predicted: np.ndarray, positives: np.ndarray, evaluated: np.ndarray) -> dict[str, float]:
+    """CP, CR, CF1 over evaluated classes and OP, OR, OF1 over all, from per-class counts."""
+    class_precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    class_recall = np.divide(tp, positives, out=np.zeros_like(tp), where=positives > 0)
+    cp = float(class_precision[evaluated].mean())
+    cr = float(class_recall[evaluated].mean())
+    op = float(tp.sum() / predicted.sum()) if predicted.sum() > 0 else 0.0
+    orec = float(tp.sum() / positives.sum()) if positives.sum() > 0 else 0.0
+    return {
+        "CP": 100 * cp,
+        "CR": 100 * cr,
+        "CF1": 100 * _f1(cp, cr),
+        "OP": 100 * op,
+        "OR": 100 * orec,
+        "OF1": 100 * _f1(op, orec),
+    }
+
+
+def _f1(precision: float, recall: float) -> float:
+    return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+
+
+def _counts(predicted: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    known = (targets == 0) | (targets == 1)
+    pred = predicted & known
+    tp = (pred & (targets == 1)).sum(axis=0).astype(np.float64)
+    return tp, pred.sum(axis=0).astype(np.float64), (targets == 1).sum(axis=0).astype(np.float64)
+
+
+def multilabel_metrics(
+    scores: Any,
+    targets: Any,
+    *,
+    threshold: float = 0.5,
+    top_k: int = 3,
+    from_logits: bool = False,
+    class_names: Sequence[str] | None = None,
+    interpolated: bool = False,
+) -> dict[str, Any]:
+    """The Table 1 metric set, in percent. See the module docstring for every convention.
+
+    Args:
+        scores: (N, C) probabilities in [0, 1], or logits with ``from_logits=True``; NumPy,
+            torch (any device/dtype) or nested lists.
+        targets: (N, C): 1 positive, 0 negative, other values ignored.
+        threshold: Probability at or above which a label is predicted.
+        top_k: k of the ``_top{k}`` metrics.
+        from_logits: ``scores`` are logits (a sigmoid is applied before thresholding).
+        class_names: Names of the C classes (default ``"0"``, ``"1"``, ...).
+        interpolated: Report ``mAP`` as all-point interpolated AP (Query2Label style).
+
+    Returns:
+        ``mAP, CP, CR, CF1, OP, OR, OF1`` and the same suffixed ``_top{k}``; ``AP`` (class name
+        -> AP, for every class with a positive); ``classes_without_positives``,
+        ``classes_without_predictions`` (lists of names); ``num_images``, ``num_classes``.
+
+    Raises:
+        ValueError: shapes differ, scores are not finite, probabilities fall outside [0, 1]
+            (pass ``from_logits=True``), or no class has a positive target.
+    """
+    scores = _to_numpy(scores, "scores")
+    targets = _to_numpy(targets, "targets")
+    if scores.shape != targets.shape:
+        raise ValueError(f"scores {scores.shape} and targets {targets.shape} differ in shape")
+    if not np.isfinite(scores).all():
+        raise ValueError("scores contain NaN or infinite values")
+    if from_logits:
+        probabilities = 1.0 / (1.0 + np.exp(-scores))
+    else:
+        if scores.size and (scores.min() < 0 or scores.max() > 1):
+            raise ValueError(
+                f"scores range over [{scores.min():.3g}, {scores.max():.3g}], outside [0, 1]: "
+                f"pass from_logits=True for logits"
+            )
+        probabilities = scores
+    num_images, num_classes = scores.shape
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    names = [str(n) for n in class_names] if class_names is not None else [str(i) for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise ValueError(f"{len(names)} class names for {num_classes} classes")
+
+    ap = average_precision(probabilities, targets, interpolated=interpolated)
+    evaluated = ~np.isnan(ap)
+    if not evaluated.any():
+        raise ValueError("no class has a positive target: mAP is undefined")
+
+    predicted = probabilities >= threshold
+    tp, npred, npos = _counts(predicted, targets)
+    result: dict[str, Any] = {"mAP": float(100 * ap[evaluated].mean())}
+    result.update(_prf(tp, npred, npos, evaluated))
+
+    k = min(top_k, num_classes)
+    top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]  # (N, k)
+    in_top = np.zeros_like(predicted)
+    np.put_along_axis(in_top, top, True, axis=1)
+    tp_k, npred_k, npos_k = _counts(predicted & in_top, targets)
+    result.update({f"{key}_top{top_k}": value for key, value in _prf(tp_k, npred_k, npos_k, evaluated).items()})
+
+    result["AP"] = {names[c]: float(100 * ap[c]) for c in range(num_classes) if evaluated[c]}
+    result["classes_without_positives"] = [names[c] for c in range(num_classes) if not evaluated[c]]
+    result["classes_without_predictions"] = [names[c] for c in range(num_classes) if evaluated[c] and npred[c] == 0]
+    result["num_images"] = int(num_images)
+    result["num_classes"] = int(num_classes)
+    result["threshold"] = float(threshold)
+    return result
+
+
+def format_metrics(result: dict[str, Any], top_k: int = 3) -> str:
+    """A two-line plain-text table of the Table 1 metric set, plus per-class AP."""
+    keys = ["mAP", "CP", "CR", "CF1", "OP", "OR", "OF1"]
+    top = [f"{k}_top{top_k}" for k in keys[1:]]
+    lines = [
+        "  ".join(f"{k:>7}" for k in keys + top),
+        "  ".join(f"{result[k]:7.2f}" for k in keys + top),
+        "per-class AP: " + ", ".join(f"{name} {value:.2f}" for name, value in result["AP"].items()),
+    ]
+    if result["classes_without_positives"]:
+        lines.append("left out (no positive target): " + ", ".join(result["classes_without_positives"]))
+    return "\n".join(lines)

@@ -1,0 +1,435 @@
+"""The LCIE multi-label recogniser (Chen et al., ECCV 2024, section 3), in one file.
+
+Reading order: building blocks (heads, attention, FFN), the label decoder (LCIE, eq. 2-3),
+the spatial branch (eq. 4-5), the correlation encoder (eq. 7-10), the model (eq. 1-11), and
+``build`` at the bottom, the only place that reads a :class:`~lcie_fast.config.ModelConfig`.
+
+Shapes: B batch, C labels, D = sum of the fused backbone channels, h*w image tokens
+(h = w = img_size / 32), E = D + h*w the width of a fused label token (eq. 6).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops
+from ..config import ModelConfig, PreprocessConfig
+from .backbone import Backbone
+
+
+class GroupLinear(nn.Module):
+    """Per-class ("group-wise") linear heads: y[b, c] = <W[c], x[b, c]> + b[c].
+
+    Args:
+        num_classes: C.
+        dim: Width of each class token.
+    """
+
+    def __init__(self, num_classes: int, dim: int) -> None:
+        super().__init__()
+        bound = 1.0 / math.sqrt(dim)
+        self.weight = nn.Parameter(torch.empty(num_classes, dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(num_classes).uniform_(-bound, bound))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, C, dim) -> (B, C)."""
+        return (tokens * self.weight).sum(dim=-1) + self.bias  # (B, C)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with separate Q, K, V, output projections (no bias-free tricks).
+
+    Separate projections keep every weight visible to the inference rewrite that fuses the
+    key/value projections of all decoder layers into one GEMM, and to INT8 quantisation.
+    """
+
+    def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"attention width {dim} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """query (B, Lq, dim), key and value (B, Lk, dim) -> (B, Lq, dim)."""
+        q = self.q_proj(query)  # (B, Lq, dim)
+        k = self.k_proj(key)  # (B, Lk, dim)
+        v = self.v_proj(value)  # (B, Lk, dim)
+        return self.attend(q, k, v)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention on already projected q (B, Lq, dim), k and v (B, Lk, dim) -> (B, Lq, dim)."""
+        b, lq, dim = q.shape
+        heads = self.num_heads
+        q = q.view(b, lq, heads, dim // heads).transpose(1, 2)  # (B, H, Lq, Dh)
+        k = k.view(b, k.shape[1], heads, dim // heads).transpose(1, 2)  # (B, H, Lk, Dh)
+        v = v.view(b, v.shape[1], heads, dim // heads).transpose(1, 2)  # (B, H, Lk, Dh)
+        out = ops.attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)  # (B, H, Lq, Dh)
+        out = out.transpose(1, 2).reshape(b, lq, dim)  # (B, Lq, dim)
+        return self.out_proj(out)  # (B, Lq, dim)
+
+
+class FeedForward(nn.Module):
+    """Linear -> activation -> dropout -> Linear."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float, activation: str) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(dim, hidden)
+        self.linear2 = nn.Linear(hidden, dim)
+        self.dropout = nn.Dropout(dropout)
+        self.activation = nn.ReLU() if activation == "relu" else nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, dim) -> (B, L, dim)."""
+        return self.linear2(self.dropout(self.activation(self.linear1(x))))
+
+
+class DecoderLayer(nn.Module):
+    """LCIE layer: cross-attention (labels attend to image tokens) then FFN, post-norm.
+
+    No self-attention among labels (paper 3.3): label correlations are left to the encoder.
+    """
+
+    def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float, activation: str) -> None:
+        super().__init__()
+        self.cross_attn = Attention(dim, num_heads, dropout)
+        self.ffn = FeedForward(dim, ffn_dim, dropout, activation)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+
+    def forward(self, labels: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """labels (B, C, D); keys, values (B, N, D) -> (B, C, D)."""
+        labels = self.norm1(labels + self.dropout1(self.cross_attn(labels, keys, values)))  # (B, C, D)
+        return self.norm2(labels + self.dropout2(self.ffn(labels)))  # (B, C, D)
+
+
+class LabelDecoder(nn.Module):
+    """Latent context information embedding (eq. 2): label embeddings query the image tokens.
+
+    Args:
+        num_classes: C; one learnable embedding per label.
+        dim: D, the width of the fused image tokens.
+        num_layers, num_heads, ffn_dim, dropout, activation: Transformer sizes.
+        num_tokens: h*w, for the optional fixed sine position code on the keys.
+        token_hw: (h, w) of the token grid, used only with ``pos_embed="sine"``.
+        pos_embed: ``"none"`` or ``"sine"``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        dim: int,
+        num_layers: int,
+        num_heads: int,
+        ffn_dim: int,
+        dropout: float,
+        activation: str,
+        token_hw: tuple[int, int],
+        pos_embed: str = "none",
+    ) -> None:
+        super().__init__()
+        self.label_embed = nn.Parameter(torch.randn(num_classes, dim))  # (C, D), as DETR's queries
+        self.layers = nn.ModuleList(
+            DecoderLayer(dim, num_heads, ffn_dim, dropout, activation) for _ in range(num_layers)
+        )
+        pos = sine_position_code(*token_hw, dim) if pos_embed == "sine" else None
+        self.register_buffer("pos", pos, persistent=False)  # (h*w, D) or None
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Image tokens (B, h*w, D) -> context-aware categorical features L_ca (B, C, D)."""
+        keys = tokens if self.pos is None else tokens + self.pos.to(tokens.dtype)  # (B, h*w, D)
+        labels = self.label_embed.expand(tokens.shape[0], -1, -1)  # (B, C, D)
+        for layer in self.layers:
+            labels = layer(labels, keys, tokens)  # (B, C, D)
+        return labels
+
+
+def sine_position_code(h: int, w: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """Fixed 2-D sine code (DETR / Query2Label style) for an h x w grid -> (h*w, dim)."""
+    if dim % 4:
+        raise ValueError(f"a 2-D sine position code needs a width divisible by 4, got {dim}")
+    quarter = dim // 4
+    omega = temperature ** (-torch.arange(quarter, dtype=torch.float32) / quarter)  # (dim/4,)
+    ys = (torch.arange(h, dtype=torch.float32) + 0.5) / h * 2 * math.pi  # (h,)
+    xs = (torch.arange(w, dtype=torch.float32) + 0.5) / w * 2 * math.pi  # (w,)
+    y = ys[:, None, None] * omega  # (h, 1, dim/4)
+    x = xs[None, :, None] * omega  # (1, w, dim/4)
+    code = torch.cat(
+        [y.sin().expand(h, w, -1), y.cos().expand(h, w, -1), x.sin().expand(h, w, -1), x.cos().expand(h, w, -1)],
+        dim=-1,
+    )  # (h, w, dim)
+    return code.reshape(h * w, dim)
+
+
+class SpatialBranch(nn.Module):
+    """Class-aware spatial features (eq. 4-5): 1x1 conv D -> C, then global max pooling."""
+
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(dim, num_classes, kernel_size=1)
+
+    def forward(self, x_ml: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """X_ml (B, D, h, w) -> (L_sp (B, C, h*w), y_sp (B, C))."""
+        l_sp = self.conv(x_ml).flatten(2)  # (B, C, h*w)
+        return l_sp, l_sp.amax(dim=-1)  # (B, C, h*w), (B, C)
+
+
+class EncoderLayer(nn.Module):
+    """Standard post-norm Transformer encoder layer: self-attention then FFN."""
+
+    def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float, activation: str) -> None:
+        super().__init__()
+        self.self_attn = Attention(dim, num_heads, dropout)
+        self.ffn = FeedForward(dim, ffn_dim, dropout, activation)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, E) -> (B, L, E)."""
+        x = self.norm1(x + self.dropout1(self.self_attn(x, x, x)))  # (B, L, E)
+        return self.norm2(x + self.dropout2(self.ffn(x)))  # (B, L, E)
+
+
+class CorrelationEncoder(nn.Module):
+    """Label correlation encoder (eq. 7 and 9): a stack of encoder layers over label tokens."""
+
+    def __init__(self, dim: int, num_layers: int, num_heads: int, ffn_dim: int, dropout: float, activation: str) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            EncoderLayer(dim, num_heads, ffn_dim, dropout, activation) for _ in range(num_layers)
+        )
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L, E) -> (B, L, E)."""
+        for layer in self.layers:
+            tokens = layer(tokens)
+        return tokens
+
+
+class PartialLabelBranch(nn.Module):
+    """Partial-label correlation (eq. 9-10), training only.
+
+    Drops ``num_dropped`` of the C fused label tokens at random (independently per image),
+    prepends a learnable inference token, runs the encoder, and maps the inference token's
+    output through its own linear E -> C head.
+    """
+
+    def __init__(self, dim: int, num_classes: int, mask_ratio: float, encoder: CorrelationEncoder) -> None:
+        super().__init__()
+        # rounded half up; at least one label token always stays
+        self.num_dropped = min(int(mask_ratio * num_classes + 0.5), num_classes - 1)
+        self.infer_token = nn.Parameter(torch.zeros(1, 1, dim).normal_(std=0.02))  # (1, 1, E)
+        self.encoder = encoder
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, fused: torch.Tensor) -> torch.Tensor:
+        """Fused label tokens L (B, C, E) -> inference logits y_infer (B, C)."""
+        b, c, e = fused.shape
+        keep = c - self.num_dropped
+        order = torch.rand(b, c, device=fused.device).argsort(dim=1)[:, :keep]  # (B, keep)
+        kept = fused.gather(1, order.unsqueeze(-1).expand(-1, -1, e))  # (B, keep, E)
+        tokens = torch.cat([self.infer_token.expand(b, -1, -1).to(kept.dtype), kept], dim=1)  # (B, 1+keep, E)
+        inferred = self.encoder(tokens)[:, 0]  # (B, E)
+        return self.head(inferred)  # (B, C)
+
+
+class TrainOutput(NamedTuple):
+    """What the model returns in train mode: final logits y and the partial branch's y_infer."""
+
+    logits: torch.Tensor
+    infer_logits: torch.Tensor | None
+
+
+class LCIE(nn.Module):
+    """LCIE: backbone -> MLFF -> {label decoder, spatial branch} -> fusion -> encoder -> y.
+
+    Every module of the paper's Table 3 can be switched off. With neither ``lcie`` nor
+    ``spatial`` the head is the baseline: global average pooling and one linear layer.
+
+    Args:
+        backbone: Feature extractor returning [X3, X4, X5] (or deeper levels last).
+        num_classes: C.
+        img_size: Square input side the model is built for (fixes h*w and E).
+        mlff, lcie, spatial, full, partial, share_encoder: Table 3 switches.
+        decoder_layers, encoder_layers, num_heads, ffn_dim, dropout, activation: sizes.
+        decoder_pos_embed: ``"none"`` or ``"sine"`` (keys of the label decoder).
+        mask_ratio: Fraction of label tokens dropped by the partial branch.
+
+    ``forward`` returns logits (B, C) in eval mode and :class:`TrainOutput` in train mode;
+    the partial branch never runs in eval mode and never reaches an exported graph.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        num_classes: int,
+        img_size: int,
+        *,
+        mlff: bool = True,
+        lcie: bool = True,
+        spatial: bool = True,
+        full: bool = True,
+        partial: bool = True,
+        share_encoder: bool = True,
+        decoder_layers: int = 3,
+        encoder_layers: int = 3,
+        num_heads: int = 4,
+        ffn_dim: int = 2048,
+        dropout: float = 0.1,
+        activation: str = "relu",
+        decoder_pos_embed: str = "none",
+        mask_ratio: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        channels = backbone.feature_info.channels()
+        reduction = backbone.feature_info.reduction()[-1]
+        self.mlff = mlff
+        self.num_classes = num_classes
+        self.img_size = img_size
+        self.token_hw = (math.ceil(img_size / reduction), math.ceil(img_size / reduction))
+        self.dim = sum(channels) if mlff else channels[-1]  # D
+        num_tokens = self.token_hw[0] * self.token_hw[1]  # h*w
+        self.fused_dim = (self.dim if lcie else 0) + (num_tokens if spatial else 0)  # E
+
+        self.decoder = (
+            LabelDecoder(num_classes, self.dim, decoder_layers, num_heads, ffn_dim, dropout, activation,
+                         self.token_hw, decoder_pos_embed)
+            if lcie else None
+        )
+        self.head_ca = GroupLinear(num_classes, self.dim) if lcie else None
+        self.spatial = SpatialBranch(self.dim, num_classes) if spatial else None
+        self.baseline_head = nn.Linear(self.dim, num_classes) if not (lcie or spatial) else None
+
+        encoder_args = (self.fused_dim, encoder_layers, num_heads, ffn_dim, dropout, activation)
+        self.encoder = CorrelationEncoder(*encoder_args) if full else None
+        self.head_co = GroupLinear(num_classes, self.fused_dim) if full else None
+        self.partial = None
+        if partial:
+            shared = self.encoder if (share_encoder and self.encoder is not None) else None
+            self.partial = PartialLabelBranch(
+                self.fused_dim, num_classes, mask_ratio, shared or CorrelationEncoder(*encoder_args)
+            )
+        self._reset_transformer_parameters()
+
+    def _reset_transformer_parameters(self) -> None:
+        # Xavier on every Transformer matrix, as DETR and Query2Label initialise theirs.
+        for module in (self.decoder, self.encoder, self.partial):
+            if module is None:
+                continue
+            for name, param in module.named_parameters():
+                if param.dim() > 1 and name.endswith("weight") and "label_embed" not in name and "infer_token" not in name:
+                    nn.init.xavier_uniform_(param)
+
+    def forward_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, 3, H, W) -> (image tokens (B, h*w, D), X_ml (B, D, h, w)) (eq. 1)."""
+        features = self.backbone(images)  # [X3, X4, X5]
+        levels = features if self.mlff else features[-1:]
+        tokens, x_ml = ops.downsample_concat(*levels)  # (B, h*w, D), (B, D, h, w)
+        if tuple(x_ml.shape[-2:]) != self.token_hw:
+            raise ValueError(
+                f"this model is built for {self.img_size}x{self.img_size} inputs "
+                f"({self.token_hw[0]}x{self.token_hw[1]} image tokens); got images of "
+                f"{tuple(images.shape[-2:])} giving {tuple(x_ml.shape[-2:])} tokens"
+            )
+        return tokens, x_ml
+
+    def forward_branches(self, images: torch.Tensor, with_partial: bool | None = None) -> dict[str, torch.Tensor]:
+        """Every intermediate of eq. 1-11 by name (for tests, analysis and the trainer).
+
+        Keys (present when the module is on): ``tokens``, ``x_ml``, ``l_ca``, ``y_ca``,
+        ``l_sp``, ``y_sp``, ``fused``, ``l_co``, ``y_co``, ``y_infer``, ``logits``.
+        ``with_partial`` defaults to ``self.training``.
+        """
+        out: dict[str, torch.Tensor] = {}
+        tokens, x_ml = self.forward_features(images)  # (B, h*w, D), (B, D, h, w)
+        out["tokens"], out["x_ml"] = tokens, x_ml
+        if self.baseline_head is not None:
+            out["logits"] = self.baseline_head(x_ml.mean(dim=(2, 3)))  # (B, C)
+            return out
+        parts, logits = [], []
+        if self.decoder is not None:
+            out["l_ca"] = self.decoder(tokens)  # (B, C, D)
+            out["y_ca"] = self.head_ca(out["l_ca"])  # (B, C)
+            parts.append(out["l_ca"])
+            logits.append(out["y_ca"])
+        if self.spatial is not None:
+            out["l_sp"], out["y_sp"] = self.spatial(x_ml)  # (B, C, h*w), (B, C)
+            parts.append(out["l_sp"].to(parts[0].dtype) if parts else out["l_sp"])
+            logits.append(out["y_sp"])
+        fused = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)  # (B, C, E)
+        out["fused"] = fused
+        if self.encoder is not None:
+            out["l_co"] = self.encoder(fused)  # (B, C, E)
+            out["y_co"] = self.head_co(out["l_co"])  # (B, C)
+            logits.append(out["y_co"])
+        out["logits"] = sum(logits[1:], logits[0])  # (B, C), eq. 11
+        if self.partial is not None and (self.training if with_partial is None else with_partial):
+            out["y_infer"] = self.partial(fused)  # (B, C)
+        return out
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor | TrainOutput:
+        """Images (B, 3, H, W) -> logits (B, C); in train mode a TrainOutput(logits, y_infer)."""
+        out = self.forward_branches(images)
+        if self.training:
+            return TrainOutput(out["logits"], out.get("y_infer"))
+        return out["logits"]
+
+
+def build(config: ModelConfig, pretrained: bool | str | Path | None = None) -> LCIE:
+    """Build an LCIE model from a ModelConfig; ``model.config`` holds the resolved config.
+
+    Args:
+        config: Architecture; ``preprocess=None`` takes the backbone's mean/std.
+        pretrained: Backbone weights: None (random), True (local ImageNet weights) or a path.
+    """
+    backbone = Backbone(config.backbone, config.feature_reductions, pretrained=pretrained, **config.backbone_kwargs)
+    model = LCIE(
+        backbone,
+        config.num_classes,
+        config.img_size,
+        mlff=config.mlff,
+        lcie=config.lcie,
+        spatial=config.spatial,
+        full=config.full,
+        partial=config.partial,
+        share_encoder=config.share_encoder,
+        decoder_layers=config.decoder_layers,
+        encoder_layers=config.encoder_layers,
+        num_heads=config.num_heads,
+        ffn_dim=config.ffn_dim,
+        dropout=config.dropout,
+        activation=config.activation,
+        decoder_pos_embed=config.decoder_pos_embed,
+        mask_ratio=config.mask_ratio,
+    )
+    if config.preprocess is not None and config.preprocess.input_size != config.img_size:
+        raise ValueError(
+            f"model.preprocess.input_size={config.preprocess.input_size} differs from "
+            f"model.img_size={config.img_size}"
+        )
+    if config.preprocess is None:
+        data_cfg = backbone.body.pretrained_cfg
+        preprocess = PreprocessConfig(
+            input_size=config.img_size,
+            mean=tuple(float(v) for v in data_cfg.get("mean", PreprocessConfig.mean)),
+            std=tuple(float(v) for v in data_cfg.get("std", PreprocessConfig.std)),
+        )
+        config = dataclasses.replace(config, preprocess=preprocess)
+    model.config = config
+    return model

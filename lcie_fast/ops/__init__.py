@@ -1,0 +1,17 @@
+"""Fused ops: each a public function with a plain-PyTorch ``*_ref`` twin and a dispatcher."""
+
+from .attention import attention, attention_ref
+from .dispatch import IMPLS, NotSupportedError, get_impl, set_impl, use_impl
+from .downsample_concat import downsample_concat, downsample_concat_ref
+
+__all__ = [
+    "IMPLS",
+    "NotSupportedError",
+    "attention",
+    "attention_ref",
+    "downsample_concat",
+    "downsample_concat_ref",
+    "get_impl",
+    "set_impl",
+    "use_impl",
+]

@@ -1,0 +1,42 @@
+"""The compiled CUDA extension ``lcie_fast._C`` (built by CMakeLists.txt), loaded lazily."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from types import ModuleType
+
+BUILD_HINT = (
+    "build it with: cmake -S . -B build -DCMAKE_PREFIX_PATH=$(python -c 'import torch;print(torch.utils.cmake_prefix_path)') "
+    "&& cmake --build build -j && cmake --install build"
+)
+
+
+@functools.lru_cache(maxsize=1)
+def _load() -> tuple[ModuleType | None, str]:
+    try:
+        return importlib.import_module("lcie_fast._C"), ""
+    except ImportError as err:
+        return None, f"lcie_fast._C is not built or does not load ({err}); {BUILD_HINT}"
+
+
+def extension() -> ModuleType | None:
+    """The loaded extension module, or None."""
+    return _load()[0]
+
+
+def extension_version() -> str:
+    module = extension()
+    return getattr(module, "__version__", "") if module else ""
+
+
+def extension_reasons() -> list[str]:
+    """Reasons the CUDA extension cannot run in this process (empty when it can)."""
+    module, reason = _load()
+    if module is None:
+        return [reason]
+    import torch
+
+    if not torch.cuda.is_available():
+        return ["lcie_fast._C is built, but there is no CUDA GPU to run it"]
+    return []

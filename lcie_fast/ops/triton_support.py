@@ -1,0 +1,39 @@
+"""Whether Triton kernels can run here: on a CUDA GPU, or under ``TRITON_INTERPRET=1``."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+
+def interpreter_enabled() -> bool:
+    """True when Triton runs kernels in its NumPy interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "") not in ("", "0")
+
+
+def triton_runtime_reasons() -> list[str]:
+    """Reasons Triton kernels cannot run in this process (empty when they can)."""
+    if importlib.util.find_spec("triton") is None:
+        return ["triton is not installed (it ships with the CUDA builds of torch)"]
+    if interpreter_enabled():
+        return []
+    import torch
+
+    if not torch.cuda.is_available():
+        return ["no CUDA GPU (set TRITON_INTERPRET=1 to run the kernels in Triton's CPU interpreter)"]
+    return []
+
+
+def triton_tensor_reasons(*tensors) -> list[str]:
+    """Reasons Triton cannot take these tensors: device, and the runtime reasons above."""
+    reasons = triton_runtime_reasons()
+    if reasons:
+        return reasons
+    devices = {t.device.type for t in tensors}
+    if interpreter_enabled():
+        if devices != {"cpu"}:
+            return [f"the Triton interpreter takes CPU tensors, got {sorted(devices)}"]
+        return []
+    if devices != {"cuda"}:
+        return [f"Triton kernels take CUDA tensors, got {sorted(devices)}"]
+    return []

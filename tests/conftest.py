@@ -1,0 +1,87 @@
+"""Test conventions.
+
+Markers (declared in pyproject.toml), each skipping with its reason where it cannot run:
+``gpu`` (no CUDA GPU), ``tensorrt`` (TensorRT not importable), ``dali`` (DALI not
+installed), ``triton`` (no Triton, or neither a GPU nor the interpreter), ``slow`` (runs by
+default; ``--fast`` skips it).
+
+Real-data tests find ``traffic5`` through ``LCIE_FAST_DATA`` (default ``../shared/data``
+beside the repository root) and skip with the path they looked at when it is absent.
+Nothing here queries a device at import time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_ENV = "LCIE_FAST_DATA"
+
+
+def data_root() -> Path:
+    return Path(os.environ.get(DATA_ENV) or REPO_ROOT.parent / "shared" / "data")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--fast", action="store_true", help="skip tests marked slow")
+
+
+def _skip_reason(marker: str, config: pytest.Config) -> str | None:
+    if marker == "slow":
+        return "slow test skipped by --fast" if config.getoption("--fast") else None
+    if marker == "gpu":
+        import torch
+
+        return None if torch.cuda.is_available() else "needs a CUDA GPU; none is visible"
+    if marker == "tensorrt":
+        if importlib.util.find_spec("tensorrt") is None:
+            return "needs TensorRT, which cannot be installed on the project's machines (notes/tensorrt.md)"
+        try:
+            import tensorrt  # noqa: F401
+        except Exception as err:  # noqa: BLE001
+            return f"TensorRT does not import here: {err}"
+        return None
+    if marker == "dali":
+        return None if importlib.util.find_spec("nvidia.dali") else "needs NVIDIA DALI: pip install 'lcie-fast[dali]'"
+    if marker == "triton":
+        from lcie_fast.ops.triton_support import triton_runtime_reasons
+
+        reasons = triton_runtime_reasons()
+        return "; ".join(reasons) if reasons else None
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    cache: dict[str, str | None] = {}
+    for item in items:
+        for marker in ("slow", "gpu", "tensorrt", "dali", "triton"):
+            if item.get_closest_marker(marker) is None:
+                continue
+            if marker not in cache:
+                cache[marker] = _skip_reason(marker, config)
+            if cache[marker]:
+                item.add_marker(pytest.mark.skip(reason=cache[marker]))
+
+
+@pytest.fixture(scope="session")
+def traffic5() -> Path:
+    """Root of the real traffic5 photo set; skips with the path searched when absent."""
+    root = data_root() / "traffic5"
+    if not (root / "train" / "labels.csv").is_file():
+        pytest.skip(f"traffic5 not found at {root} (set {DATA_ENV} to the folder holding traffic5/)")
+    return root
+
+
+@pytest.fixture
+def tiny_model():
+    """A fresh ``lcie_tiny`` model with fixed random weights."""
+    import torch
+
+    from lcie_fast import create_model
+
+    torch.manual_seed(0)
+    return create_model("lcie_tiny")

@@ -1,0 +1,225 @@
+"""The LCIE model on the CPU: shapes, gradients, the partial branch, modes, Table 3 switches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lcie_fast import create_model, list_models
+from lcie_fast.config import ConfigError
+from lcie_fast.models.losses import LCIELoss
+
+
+def _images(batch: int = 3, size: int = 64, seed: int = 1) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_presets_are_registered():
+    names = list_models()
+    for preset in ("lcie_r101_448", "lcie_r101_576", "lcie_effl0_448", "lcie_swinl_384", "lcie_tiny"):
+        assert preset in names
+
+
+def test_branch_shapes(tiny_model):
+    model = tiny_model.train()
+    b, c = 3, model.num_classes
+    d, (h, w), e = model.dim, model.token_hw, model.fused_dim
+    assert d == sum(model.backbone.feature_info.channels())
+    assert e == d + h * w
+    out = model.forward_branches(_images(b))
+    expected = {
+        "tokens": (b, h * w, d),
+        "x_ml": (b, d, h, w),
+        "l_ca": (b, c, d),
+        "y_ca": (b, c),
+        "l_sp": (b, c, h * w),
+        "y_sp": (b, c),
+        "fused": (b, c, e),
+        "l_co": (b, c, e),
+        "y_co": (b, c),
+        "y_infer": (b, c),
+        "logits": (b, c),
+    }
+    assert {k: tuple(v.shape) for k, v in out.items()} == expected
+    torch.testing.assert_close(out["logits"], out["y_ca"] + out["y_sp"] + out["y_co"])
+    # tokens and X_ml hold the same values (eq. 1 feeds both branches)
+    torch.testing.assert_close(out["tokens"], out["x_ml"].flatten(2).transpose(1, 2))
+    # y_sp is the global max of the spatial map
+    torch.testing.assert_close(out["y_sp"], out["l_sp"].amax(-1))
+
+
+def test_train_mode_returns_partial_logits_and_eval_mode_logits(tiny_model):
+    images = _images()
+    out = tiny_model.train()(images)
+    assert out.logits.shape == out.infer_logits.shape == (3, tiny_model.num_classes)
+    logits = tiny_model.eval()(images)
+    assert isinstance(logits, torch.Tensor) and logits.shape == (3, tiny_model.num_classes)
+
+
+@pytest.mark.parametrize("share_encoder", [True, False])
+def test_every_trainable_parameter_gets_a_gradient(share_encoder):
+    torch.manual_seed(0)
+    model = create_model("lcie_tiny", share_encoder=share_encoder).train()
+    targets = (torch.rand(3, model.num_classes) > 0.5).float()
+    loss = LCIELoss()(model(_images()), targets)
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    assert not missing, f"parameters without gradient: {missing}"
+
+
+def test_partial_branch_drops_round_ratio_tokens_and_reads_inference_token():
+    torch.manual_seed(0)
+    model = create_model("lcie_tiny", num_classes=20).train()  # round(0.1 * 20) = 2 dropped
+    seen = []
+    model.encoder.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
+    model(_images(2))
+    e = model.fused_dim
+    assert seen == [(2, 20, e), (2, 20 - 2 + 1, e)]  # full path, then 18 kept + inference token
+
+    # the inference token is read: y_infer depends on it, through the gradient and the value
+    torch.manual_seed(5)
+    y1 = model(_images(2)).infer_logits
+    y1.sum().backward()
+    assert model.partial.infer_token.grad.abs().sum() > 0
+    with torch.no_grad():
+        model.partial.infer_token.add_(1.0)
+    torch.manual_seed(5)
+    y2 = model(_images(2)).infer_logits
+    assert not torch.allclose(y1, y2)
+
+
+@pytest.mark.parametrize("num_classes,dropped", [(10, 1), (20, 2), (80, 8), (5, 1), (1, 0)])
+def test_number_of_dropped_tokens(num_classes, dropped):
+    model = create_model("lcie_tiny", num_classes=num_classes)
+    assert model.partial.num_dropped == dropped
+
+
+def test_eval_is_deterministic_and_never_runs_the_partial_branch(tiny_model):
+    model = tiny_model.eval()
+    calls = []
+    model.encoder.register_forward_hook(lambda m, args, out: calls.append(1))
+    images = _images()
+    with torch.no_grad():
+        first, second = model(images), model(images)
+    assert torch.equal(first, second)
+    assert len(calls) == 2  # one encoder pass per forward: the partial branch did not run
+
+
+def test_channels_last_input_gives_the_logits_of_a_contiguous_one(tiny_model):
+    model = tiny_model.eval()
+    images = _images(4)
+    with torch.no_grad():
+        reference = model(images)
+        model_cl = model.to(memory_format=torch.channels_last)
+        channels_last = model_cl(images.contiguous(memory_format=torch.channels_last))
+    diff = (channels_last - reference).abs().max().item()
+    print(f"channels-last vs contiguous: max |logit diff| = {diff:.2e}")
+    torch.testing.assert_close(channels_last, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_bf16_autocast_forward_and_backward(tiny_model):
+    model = tiny_model.train()
+    targets = (torch.rand(3, model.num_classes) > 0.5).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(_images())
+        loss = LCIELoss()(out, targets)
+    assert out.logits.dtype == torch.bfloat16 or out.logits.dtype == torch.float32
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+TABLE3 = {
+    "baseline (GAP + linear)": dict(mlff=False, lcie=False, spatial=False, full=False, partial=False),
+    "+MLFF": dict(mlff=True, lcie=False, spatial=False, full=False, partial=False),
+    "+LCIE": dict(lcie=True, spatial=False, full=False, partial=False),
+    "+LCIE +Full": dict(lcie=True, spatial=False, full=True, partial=False),
+    "+Spatial +Full (no LCIE)": dict(lcie=False, spatial=True, full=True, partial=False),
+    "+LCIE +Spatial +Full": dict(partial=False),
+    "+Partial, unshared": dict(partial=True, share_encoder=False),
+    "+Partial, shared (paper)": dict(partial=True, share_encoder=True),
+    "LCIE + Spatial, no encoder": dict(full=False, partial=False),
+    "partial without full": dict(full=False, partial=True),
+    "sine keys, GELU": dict(decoder_pos_embed="sine", activation="gelu"),
+}
+
+
+@pytest.mark.parametrize("switches", TABLE3.values(), ids=TABLE3.keys())
+def test_every_table3_switch_builds_trains_and_evaluates(switches):
+    torch.manual_seed(0)
+    model = create_model("lcie_tiny", **switches)
+    images = _images(2)
+    targets = (torch.rand(2, model.num_classes) > 0.5).float()
+    out = model.train()(images)
+    assert out.logits.shape == (2, model.num_classes)
+    assert (out.infer_logits is not None) == switches.get("partial", True)
+    LCIELoss()(out, targets).backward()
+    with torch.no_grad():
+        assert model.eval()(images).shape == (2, model.num_classes)
+    branches = model.forward_branches(images)
+    if not switches.get("mlff", True):
+        assert branches["x_ml"].shape[1] == model.backbone.feature_info.channels()[-1]  # X5 alone
+    assert ("l_ca" in branches) == switches.get("lcie", True)
+    assert ("l_sp" in branches) == switches.get("spatial", True)
+    assert ("l_co" in branches) == switches.get("full", True)
+    if not switches.get("share_encoder", True) and switches.get("partial", True):
+        assert model.partial.encoder is not model.encoder
+    if switches.get("share_encoder", True) and switches.get("partial", True) and switches.get("full", True):
+        assert model.partial.encoder is model.encoder
+
+
+def test_switches_that_leave_no_label_tokens_are_refused():
+    with pytest.raises(ConfigError, match="lcie or model.spatial"):
+        create_model("lcie_tiny", lcie=False, spatial=False, full=True, partial=False)
+
+
+def test_wrong_input_size_is_refused_with_the_expected_size(tiny_model):
+    with pytest.raises(ValueError, match="built for 64x64"):
+        tiny_model.eval()(torch.randn(1, 3, 96, 96))
+
+
+def test_unknown_override_is_refused():
+    with pytest.raises(TypeError, match="unknown override"):
+        create_model("lcie_tiny", heads=3)
+
+
+def test_head_count_must_divide_widths():
+    with pytest.raises(ValueError, match="not divisible by num_heads"):
+        create_model("lcie_tiny", num_heads=7)
+
+
+@pytest.mark.parametrize(
+    "preset,params_m,d,e",
+    [("lcie_r101_448", 460.3, 3584, 3780), ("lcie_r101_576", 473.7, 3584, 3908),
+     ("lcie_effl0_448", 25.26, 472, 668), ("lcie_swinl_384", None, 2688, 2832)],
+)
+def test_preset_sizes_on_meta_device(preset, params_m, d, e):
+    with torch.device("meta"):
+        model = create_model(preset)
+    assert (model.dim, model.fused_dim) == (d, e)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"{preset}: {params:.2f} M parameters")
+    if params_m is not None:
+        assert params == pytest.approx(params_m, rel=0.005)
+
+
+def test_swin_backbone_returns_nchw_maps():
+    # timm Swin feature maps are NHWC; the wrapper must hand NCHW to MLFF.
+    from lcie_fast.models.backbone import Backbone
+
+    backbone = Backbone("swin_tiny_patch4_window7_224", img_size=64, window_size=2)
+    maps = backbone(torch.randn(1, 3, 64, 64))
+    assert [tuple(m.shape) for m in maps] == [(1, 192, 8, 8), (1, 384, 4, 4), (1, 768, 2, 2)]
+
+
+@pytest.mark.slow
+def test_r101_448_flops_and_parameters_match_the_design():
+    from lcie_fast.models.flops import measure_cost
+
+    torch.manual_seed(0)
+    cost = measure_cost(create_model("lcie_r101_448"))
+    print(cost)
+    assert cost.params / 1e6 == pytest.approx(460.3, rel=0.005)
+    assert cost.gflops == pytest.approx(147.9, rel=0.01)
+    assert cost.backbone_gflops == pytest.approx(62.4, rel=0.01)
