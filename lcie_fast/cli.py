@@ -48,8 +48,20 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_list_models)
 
 
-# Subcommand registrars, in the order `lcie-fast --help` shows them. Later modules add theirs.
-REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_info, _add_models]
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from .train.commands import add_train_parser
+
+    add_train_parser(sub)
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    from .train.commands import add_eval_parser
+
+    add_eval_parser(sub)
+
+
+# Subcommand registrars, in the order `lcie-fast --help` shows them.
+REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_info, _add_models, _add_train, _add_eval]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -268,3 +268,137 @@ def merge_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = child
         node[keys[-1]] = value
     return merged
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where training and validation images come from and how they are loaded.
+
+    Attributes:
+        train: Data spec of the training set (see :mod:`lcie_fast.data.datasets`).
+        val: Data spec of the validation set ('' = no evaluation).
+        partial_ratio: Drop each known training label with this probability (paper 4.2); 0 = full labels.
+        partial_seed: Seed of the dropped labels (saved with the run).
+        loader: ``auto`` (DALI on a GPU when installed, else torch), ``torch`` or ``dali``.
+        workers: Decoder processes (torch loader) or threads (DALI).
+        on_error: ``raise`` on manifest problems, or ``skip`` bad rows with a report.
+    """
+
+    train: str = ""
+    val: str = ""
+    partial_ratio: float = 0.0
+    partial_seed: int = 0
+    loader: str = "auto"
+    workers: int = 2
+    on_error: str = "raise"
+
+    def __post_init__(self) -> None:
+        if self.loader not in ("auto", "torch", "dali"):
+            raise ConfigError(f"data.loader must be auto, torch or dali, got {self.loader!r}")
+        if self.on_error not in ("raise", "skip"):
+            raise ConfigError(f"data.on_error must be raise or skip, got {self.on_error!r}")
+        if not 0.0 <= self.partial_ratio < 1.0:
+            raise ConfigError(f"data.partial_ratio must be in [0, 1), got {self.partial_ratio}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation. The defaults are the paper's recipe (section 4.1): SGD, momentum 0.9,
+    weight decay 1e-4, lr 0.01 decayed x0.1 every 30 epochs, 100 epochs, batch 16 per GPU.
+
+    The documented fine-tuning alternative: ``optimizer=adamw lr=1e-4 schedule=onecycle
+    weight_decay=1e-2 ema=true``.
+
+    Attributes:
+        epochs: Passes over the training set.
+        batch_size: Images per step on each process (the global batch is this x world size).
+        optimizer: ``sgd`` or ``adamw`` (AdamW: no weight decay on biases and norm weights).
+        lr: Peak learning rate (not scaled with the world size).
+        momentum: SGD momentum.
+        weight_decay: L2 (SGD) or decoupled (AdamW) weight decay.
+        schedule: ``step`` (x gamma every step_epochs), ``onecycle`` (cosine warm-up/down) or ``constant``.
+        step_epochs: Epochs between decays of the step schedule.
+        gamma: Decay factor of the step schedule.
+        warmup_pct: Fraction of the one-cycle schedule spent warming up.
+        ema: Keep an exponential moving average of the weights, evaluated beside the model.
+        ema_decay: Its decay per step.
+        grad_clip: Clip the global gradient norm to this (0 = off).
+        amp: ``auto`` (bf16 on GPUs that support it, else fp16 with a GradScaler; off on CPUs),
+            ``bf16``, ``fp16`` or ``off``.
+        channels_last: Model and inputs in channels-last memory format.
+        compile: Run the training forward through ``torch.compile``.
+        freeze_backbone: Train the heads only (backbone weights and BatchNorm statistics frozen).
+        backbone_lr_mult: Backbone learning rate = lr x this.
+        loss_alpha, loss_beta: Weights of BCE(y) and BCE(y_infer) (paper: 1.0, 0.1).
+        loss_normalization: ``mean`` over known labels or ``sum`` per image (see the loss module).
+        seed: Seed of initialisation, data order, flips, dropout and token dropping.
+        eval_every: Evaluate every this many epochs (and after the last).
+        checkpoint_every_steps: Also checkpoint within an epoch every this many steps (0 = off).
+        max_steps_per_epoch: Cap on steps per epoch (0 = the whole set): short runs and demos.
+        log_every: Steps between log lines.
+        tensorboard: Also write TensorBoard scalars.
+        threshold: Probability threshold of the evaluation metrics.
+    """
+
+    epochs: int = 100
+    batch_size: int = 16
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "step"
+    step_epochs: int = 30
+    gamma: float = 0.1
+    warmup_pct: float = 0.2
+    ema: bool = False
+    ema_decay: float = 0.9997
+    grad_clip: float = 0.0
+    amp: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    freeze_backbone: bool = False
+    backbone_lr_mult: float = 1.0
+    loss_alpha: float = 1.0
+    loss_beta: float = 0.1
+    loss_normalization: str = "mean"
+    seed: int = 0
+    eval_every: int = 1
+    checkpoint_every_steps: int = 0
+    max_steps_per_epoch: int = 0
+    log_every: int = 10
+    tensorboard: bool = False
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        choices = {"optimizer": ("sgd", "adamw"), "schedule": ("step", "onecycle", "constant"),
+                   "amp": ("auto", "bf16", "fp16", "off"), "loss_normalization": ("mean", "sum")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"train.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("train.epochs and train.batch_size must be >= 1")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be positive, got {self.lr}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A training run: model, data, optimisation, and where it writes.
+
+    Attributes:
+        model: Registered preset name.
+        model_overrides: :class:`ModelConfig` fields to change (e.g. ``img_size: 224``).
+        pretrained: Backbone weights: true (local ImageNet weights), false, or a path.
+        init_checkpoint: Start from this lcie_fast checkpoint's weights (fine-tuning).
+        data: :class:`DataConfig`.
+        train: :class:`TrainConfig`.
+        output: Run folder (checkpoints, log.jsonl, config.yaml, metrics).
+    """
+
+    model: str = "lcie_r101_448"
+    model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    pretrained: bool | str = True
+    init_checkpoint: str = ""
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    output: str = "runs/lcie"

@@ -11,12 +11,14 @@ from torch import nn
 from .pretrained import PretrainedWeightsError, adapt_state_dict, load_weights_file, resolve_pretrained
 
 
-def _out_indices(name: str, reductions: tuple[int, ...], kwargs: dict[str, Any]) -> tuple[int, ...]:
-    """Indices of the timm feature levels at ``reductions``, read from a meta-device probe."""
+def _probe(name: str, reductions: tuple[int, ...], kwargs: dict[str, Any]) -> tuple[tuple[int, ...], set[str]]:
+    """Indices of the timm feature levels at ``reductions`` and the feature model's state keys,
+    read from a meta-device build (no memory, no weights)."""
     import timm
 
     with torch.device("meta"):
         probe = timm.create_model(name, features_only=True, pretrained=False, **kwargs)
+    keys = set(probe.state_dict())
     available = list(probe.feature_info.reduction())
     indices = []
     for reduction in reductions:
@@ -26,7 +28,7 @@ def _out_indices(name: str, reductions: tuple[int, ...], kwargs: dict[str, Any])
                 f"its strides are {available}"
             )
         indices.append(available.index(reduction))
-    return tuple(indices)
+    return tuple(indices), keys
 
 
 class Backbone(nn.Module):
@@ -54,11 +56,13 @@ class Backbone(nn.Module):
         import timm
 
         self.name = name
-        out_indices = _out_indices(name, reductions, kwargs)
+        out_indices, feature_keys = _probe(name, reductions, kwargs)
         weights = resolve_pretrained(name, pretrained)
         load_kwargs: dict[str, Any] = {}
         if weights is not None:
             state = adapt_state_dict(name, load_weights_file(weights))
+            # the classifier head has no place in a feature extractor: leave it out quietly
+            state = {k: v for k, v in state.items() if k in feature_keys} or state
             # timm loads a given state dict through its own filters; nothing is fetched.
             load_kwargs = {"pretrained": True, "pretrained_cfg_overlay": {"state_dict": state}}
         try:

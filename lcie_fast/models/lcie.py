@@ -306,6 +306,12 @@ class LCIE(nn.Module):
         self.dim = sum(channels) if mlff else channels[-1]  # D
         num_tokens = self.token_hw[0] * self.token_hw[1]  # h*w
         self.fused_dim = (self.dim if lcie else 0) + (num_tokens if spatial else 0)  # E
+        if (full or partial) and self.fused_dim % num_heads:
+            raise ValueError(
+                f"the fused label width E = {self.fused_dim} (D = {self.dim if lcie else 0} + h*w = "
+                f"{num_tokens if spatial else 0} at img_size {img_size}) is not divisible by num_heads={num_heads}; "
+                f"choose an img_size whose token count makes it divisible, or another num_heads"
+            )
 
         self.decoder = (
             LabelDecoder(num_classes, self.dim, decoder_layers, num_heads, ffn_dim, dropout, activation,

@@ -1,0 +1,39 @@
+"""AMP in one place: the autocast dtype and the GradScaler, made once per run and checkpointed."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import ContextManager
+
+import torch
+
+
+class AmpPolicy:
+    """Mixed precision for one run.
+
+    ``auto`` picks bf16 on GPUs that support it, fp16 (with loss scaling) on older GPUs, and
+    full fp32 on CPUs (CPU autocast is slower than fp32 on most CPUs).
+
+    Args:
+        mode: ``auto``, ``bf16``, ``fp16`` or ``off``.
+        device: The training device.
+    """
+
+    def __init__(self, mode: str, device: torch.device) -> None:
+        if mode == "auto":
+            if device.type == "cuda":
+                mode = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            else:
+                mode = "off"
+        if mode == "fp16" and device.type != "cuda":
+            raise ValueError("amp=fp16 needs a CUDA device (use bf16 or off on the CPU)")
+        self.mode = mode
+        self.device = device
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
+        # made once; its state (scale, growth tracker) is checkpointed with the run
+        self.scaler = torch.amp.GradScaler(device.type, enabled=mode == "fp16")
+
+    def autocast(self) -> ContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)

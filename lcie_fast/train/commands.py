@@ -1,0 +1,116 @@
+"""``lcie-fast train`` and ``lcie-fast eval``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..config import RunConfig, from_dict, load_yaml, merge_overrides, to_dict
+
+
+def resolve_run_config(config_files: list[str], flags: dict[str, Any], overrides: list[str]) -> RunConfig:
+    """Defaults < YAML files (in order) < command-line flags < ``key=value`` overrides."""
+    data: dict[str, Any] = to_dict(RunConfig())
+    for path in config_files:
+        data = _deep_merge(data, load_yaml(path))
+    data = merge_overrides(data, [f"{k}={v}" for k, v in flags.items() if v is not None])
+    data = merge_overrides(data, overrides)
+    return from_dict(RunConfig, data)
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "model_overrides":
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def add_train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train or fine-tune a model (works under torchrun)",
+        description="Train a preset on a data spec. Settings come from the defaults (the paper's recipe), "
+                    "then YAML files (-c), then flags, then key=value overrides (e.g. train.epochs=5). "
+                    "Multi-GPU / multi-node: torchrun --nproc_per_node=N -m lcie_fast train ...",
+    )
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=0.001")
+    p.add_argument("-c", "--config", action="append", default=[], metavar="YAML", help="config file (repeatable)")
+    p.add_argument("--model", help="preset name (default lcie_r101_448)")
+    p.add_argument("--data", help="training data spec (folder with labels.csv, .csv, .jsonl, coco:/voc:/nuswide:ROOT)")
+    p.add_argument("--val-data", help="validation data spec")
+    p.add_argument("--output", help="run folder (default runs/lcie)")
+    p.add_argument("--loader", choices=["auto", "torch", "dali"], help="image loader")
+    p.add_argument("--resume", metavar="LAST_PT", help="continue an interrupted run exactly (or 'auto')")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: a GPU when visible")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .trainer import Trainer
+
+    flags = {"model": args.model, "data.train": args.data, "data.val": args.val_data, "output": args.output,
+             "data.loader": args.loader}
+    config = resolve_run_config(args.config, flags, args.overrides)
+    trainer = Trainer(config, resume=args.resume, device=args.device, progress=not args.no_progress)
+    trainer.fit()
+    from . import distributed
+
+    distributed.teardown()
+    return 0
+
+
+def add_eval_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="score a checkpoint on a labelled data spec (Table 1 metrics)",
+                       description="Print mAP, CP, CR, CF1, OP, OR, OF1 (all and top-3) and per-class AP; write JSON.")
+    p.add_argument("checkpoint", help="an lcie_fast checkpoint (.pt)")
+    p.add_argument("--data", required=True, help="data spec with labels")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--loader", choices=["auto", "torch", "dali"], default="auto")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--device", choices=["cpu", "cuda"])
+    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="off",
+                   help="autocast dtype for the forward (default off: fp32)")
+    p.add_argument("--json", metavar="PATH", help="where to write the metrics (default: <checkpoint>.eval.json)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..data.datasets import load_data_spec
+    from ..data.transforms import Preprocess
+    from ..io import write_json
+    from ..metrics import format_metrics
+    from ..models.checkpoint import model_from_checkpoint
+    from . import distributed
+    from .amp import AmpPolicy
+    from .evaluate import predict, score
+    from .trainer import make_loader
+
+    info = distributed.setup(args.device)
+    model, meta = model_from_checkpoint(args.checkpoint)
+    model.to(info.device).to(memory_format=torch.channels_last)
+    data = load_data_spec(args.data, label_names=meta.label_names)
+    preprocess = Preprocess(meta.preprocess)
+    loader = make_loader(data, preprocess, args.batch_size, train=False, kind=args.loader, seed=0,
+                         workers=args.workers, info=info, channels_last=True)
+    amp = AmpPolicy(args.amp, info.device)
+    prediction = predict(model, loader, autocast=amp.autocast, info=info, progress=not args.no_progress)
+    result = score(prediction, data.targets, list(meta.label_names), args.threshold)
+    result.update({"checkpoint": str(args.checkpoint), "data": args.data, "images_per_s": prediction.images_per_second,
+                   "failed": [{"path": p, "reason": r} for _, p, r in prediction.failed]})
+    if info.is_main:
+        print(f"{args.checkpoint} on {args.data}: {len(prediction.indices)} images"
+              + (f", {len(prediction.failed)} unreadable (skipped)" if prediction.failed else ""))
+        print(format_metrics(result))
+        out = Path(args.json) if args.json else Path(str(args.checkpoint) + ".eval.json")
+        write_json(result, out)
+        print(f"metrics written to {out}")
+    distributed.teardown()
+    return 0

@@ -1,0 +1,44 @@
+"""Exponential moving average of model weights (Query2Label / timm style)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+class ModelEMA:
+    """A frozen copy of a model whose floating-point weights track ``decay``-averages.
+
+    Buffers (BatchNorm statistics) are copied, not averaged. The EMA model is what is
+    evaluated beside the trained one and exported when it scores better.
+
+    Args:
+        model: The model being trained (unwrapped: no DDP / compile wrapper).
+        decay: Weight of the old average per update.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.9997) -> None:
+        self.decay = decay
+        self.module = copy.deepcopy(model).eval()
+        for param in self.module.parameters():
+            param.requires_grad_(False)
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        # named_parameters() lists a shared module once (the shared encoder), state_dict() twice
+        for ema_param, param in zip(self.module.parameters(), model.parameters()):
+            ema_param.lerp_(param.detach().to(ema_param.dtype), 1.0 - self.decay)
+        for ema_buffer, buffer in zip(self.module.buffers(), model.buffers()):
+            ema_buffer.copy_(buffer)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "updates": self.updates, "model": self.module.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay = state["decay"]
+        self.updates = state["updates"]
+        self.module.load_state_dict(state["model"])

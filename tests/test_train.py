@@ -1,0 +1,126 @@
+"""The trainer: a short run, exact resume after a kill, DDP (gloo) against one process, eval CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lcie_fast.data.synthetic import make_synthetic_set
+from lcie_fast.models.checkpoint import load_checkpoint
+from lcie_fast.train.trainer import CRASH_ENV
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return make_synthetic_set(tmp_path_factory.mktemp("shapes"), splits={"train": 24, "valid": 12}, size=64)
+
+
+def _train(args, env_extra=None, torchrun: int = 0, check=True):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    env.pop(CRASH_ENV, None) if not env_extra or CRASH_ENV not in env_extra else None
+    if torchrun:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={torchrun}", "--nnodes=1",
+               f"--master_addr=127.0.0.1", f"--master_port={port}", "-m", "lcie_fast", "train", *args]
+    else:
+        cmd = [sys.executable, "-m", "lcie_fast", "train", *args]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def _common(shapes, out):
+    return ["--model", "lcie_tiny", "--data", str(shapes / "train"), "--val-data", str(shapes / "valid"),
+            "--output", str(out), "--device", "cpu", "--loader", "torch", "--no-progress", "pretrained=false",
+            "data.workers=0", "train.batch_size=4", "train.lr=0.05", "train.log_every=1"]
+
+
+def _weights(path):
+    return load_checkpoint(path).model_state
+
+
+def test_short_run_writes_config_log_checkpoints_and_metrics(shapes, tmp_path):
+    out = tmp_path / "run"
+    _train(_common(shapes, out) + ["train.epochs=2", "train.ema=true", "train.ema_decay=0.9"])
+    for name in ("config.yaml", "log.jsonl", "last.pt", "best.pt", "metrics.json"):
+        assert (out / name).is_file(), name
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["event"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    assert all("val_mAP" in r and "val_mAP_ema" in r and r["train_images_per_s"] > 0 for r in epochs)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["AP"]) <= {f"shape{k}" for k in range(5)} and 0 <= metrics["mAP"] <= 100
+    state = load_checkpoint(out / "last.pt").train_state
+    assert state["epoch"] == 2 and state["global_step"] == 12 and state["ema"] is not None
+
+
+def test_killed_run_resumes_to_the_same_weights(shapes, tmp_path):
+    # dropout, the partial branch and random flips are all on: every RNG stream must be restored
+    args = ["train.epochs=2", "train.checkpoint_every_steps=4", "train.optimizer=adamw", "train.lr=0.002"]
+    _train(_common(shapes, tmp_path / "straight") + args)
+    killed = _train(_common(shapes, tmp_path / "killed") + args, env_extra={CRASH_ENV: "9"}, check=False)
+    assert killed.returncode == 17  # died after step 9 (mid epoch 2); last checkpoint at step 8
+    state = load_checkpoint(tmp_path / "killed" / "last.pt").train_state
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 2, 8)
+    _train(_common(shapes, tmp_path / "killed") + args + ["--resume", "auto"])
+    straight, resumed = _weights(tmp_path / "straight" / "last.pt"), _weights(tmp_path / "killed" / "last.pt")
+    worst = max((straight[k] - resumed[k]).abs().max().item() for k in straight if straight[k].is_floating_point())
+    print(f"max |weight difference| straight vs killed+resumed: {worst:.3g}")
+    assert worst == 0.0
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one_process_at_the_same_global_batch(shapes, tmp_path):
+    # no dropout, no token dropping, frozen BatchNorm: the only difference left is the reduction order
+    args = ["train.epochs=1", "model_overrides.dropout=0.0", "model_overrides.partial=false",
+            "train.freeze_backbone=true", "train.lr=0.02"]
+    _train(_common(shapes, tmp_path / "one") + args + ["train.batch_size=8"])
+    _train(_common(shapes, tmp_path / "two") + args + ["train.batch_size=4"], torchrun=2)
+    one, two = _weights(tmp_path / "one" / "last.pt"), _weights(tmp_path / "two" / "last.pt")
+    diffs = {k: (one[k] - two[k]).abs().max().item() for k in one if one[k].is_floating_point()}
+    worst = max(diffs.values())
+    print(f"max |weight difference| 1 process vs 2 gloo processes: {worst:.3g}")
+    assert worst < 1e-5
+    moved = load_checkpoint(tmp_path / "one" / "last.pt").model_state
+    assert any(k.startswith("head_co") for k in moved)
+
+
+def test_eval_cli_prints_table1_metrics_and_writes_json(shapes, tmp_path):
+    out = tmp_path / "run"
+    _train(_common(shapes, out) + ["train.epochs=1"])
+    report = tmp_path / "eval.json"
+    result = subprocess.run([sys.executable, "-m", "lcie_fast", "eval", str(out / "last.pt"), "--data",
+                             str(shapes / "valid"), "--device", "cpu", "--loader", "torch", "--workers", "0",
+                             "--json", str(report), "--no-progress"], capture_output=True, text=True, check=True)
+    assert "CF1_top3" in result.stdout and "per-class AP" in result.stdout
+    data = json.loads(report.read_text())
+    assert data["num_images"] == 12 and "OF1" in data
+
+
+def test_resume_refuses_a_checkpoint_without_training_state(shapes, tmp_path):
+    out = tmp_path / "run"
+    _train(_common(shapes, out) + ["train.epochs=1"])
+    result = _train(_common(shapes, tmp_path / "again") + ["--resume", str(out / "best.pt")], check=False)
+    assert result.returncode == 1 and "holds no training state" in result.stderr
+
+
+def test_missing_training_data_is_a_clear_error(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "lcie_fast", "train", "--model", "lcie_tiny", "--data",
+                             str(tmp_path / "nowhere"), "--device", "cpu", "pretrained=false"],
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "nowhere" in result.stderr
+
+
+def test_channels_last_and_bf16_autocast_training_step_runs(shapes, tmp_path):
+    out = tmp_path / "run"
+    _train(_common(shapes, out) + ["train.epochs=1", "train.amp=bf16", "train.max_steps_per_epoch=2"])
+    assert torch.isfinite(torch.stack([v.float().abs().sum() for v in _weights(out / "last.pt").values()])).all()
