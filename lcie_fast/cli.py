@@ -60,8 +60,34 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     add_eval_parser(sub)
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    from .deploy.commands import add_export_parser
+
+    add_export_parser(sub)
+
+
+def _add_build_engine(sub: argparse._SubParsersAction) -> None:
+    from .deploy.commands import add_build_engine_parser
+
+    add_build_engine_parser(sub)
+
+
+def _add_parity(sub: argparse._SubParsersAction) -> None:
+    from .deploy.commands import add_parity_parser
+
+    add_parity_parser(sub)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    from .demo import add_demo_parser
+
+    add_demo_parser(sub)
+
+
 # Subcommand registrars, in the order `lcie-fast --help` shows them.
-REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_info, _add_models, _add_train, _add_eval]
+REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_info, _add_models, _add_train, _add_eval, _add_export, _add_build_engine, _add_parity, _add_demo,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -352,6 +352,16 @@ def parse_data_spec(spec: str) -> tuple[str, Path, dict[str, str]]:
     return kind, path, options
 
 
+def absolute_spec(spec: str) -> str:
+    """The same data spec with its path made absolute (so it still resolves from another folder)."""
+    head, sep, rest = spec.partition(":")
+    if sep and head in ("csv", "jsonl", "coco", "voc", "nuswide"):
+        path_text, qsep, query = rest.partition("?")
+        return f"{head}:{Path(path_text).expanduser().resolve()}{qsep}{query}"
+    path_text, qsep, query = spec.partition("?")
+    return f"{Path(path_text).expanduser().resolve()}{qsep}{query}"
+
+
 def load_data_spec(spec: str, label_names: Sequence[str] | None = None, on_error: str = "raise") -> MultiLabelSet:
     """Load the dataset a data spec names; columns aligned to ``label_names`` when given.
 

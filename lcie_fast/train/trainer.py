@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..config import RunConfig, save_yaml, to_dict
-from ..data.datasets import load_data_spec
+from ..data.datasets import absolute_spec, load_data_spec
 from ..data.partial import drop_labels
 from ..data.transforms import Preprocess
 from ..io import write_json
@@ -210,7 +210,6 @@ class Trainer:
             "rng": rng,
             "world_size": self.info.world_size,
             "best_map": self.best_map,
-            "run_config": to_dict(self.config),
         }
 
     def save(self, name: str = "last.pt") -> None:
@@ -218,7 +217,14 @@ class Trainer:
         state = self._train_state()
         if self.info.is_main:
             save_checkpoint(self.out / name, self.model, label_names=self.label_names, train_state=state,
-                            extra={"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step})
+                            extra={**self._provenance(), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+                                   "global_step": self.global_step})
+
+    def _provenance(self) -> dict[str, Any]:
+        """Where the weights came from: stored in every checkpoint (INT8 calibration reads train_data)."""
+        return {"train_data": absolute_spec(self.config.data.train),
+                "val_data": absolute_spec(self.config.data.val) if self.config.data.val else "",
+                "run_config": to_dict(self.config)}
 
     def _resume(self, path: str) -> None:
         checkpoint = load_checkpoint(path, expected_preset=self.config.model)
@@ -383,4 +389,4 @@ class Trainer:
             self.best_map = value
             if self.info.is_main:
                 save_checkpoint(self.out / "best.pt", module, label_names=self.label_names,
-                                extra={"epoch": self.epoch, "weights": name, "val_mAP": value})
+                                extra={**self._provenance(), "epoch": self.epoch, "weights": name, "val_mAP": value})

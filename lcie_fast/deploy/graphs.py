@@ -1,0 +1,262 @@
+"""FP16 and INT8 ONNX graphs: exactly what TensorRT compiles, and what ONNX Runtime scores here.
+
+- FP16: ModelOpt AutoCast, FP32 inputs and outputs. Real calibration images drive its
+  reference run, so every node whose values exceed FP16's safe range (``data_max``) or whose
+  weights would overflow stays FP32; :func:`fp16_report` counts them and the conversion checks
+  that the FP16 graph's logits stay finite on those images.
+- INT8: ModelOpt ONNX post-training quantisation with explicit Q/DQ nodes, calibrated on real
+  images through the model's own preprocessing: symmetric (zero point 0), per-channel weights,
+  no int32 bias Q/DQ (what TensorRT 10 and 11 accept). :func:`qdq_report` checks all three.
+
+The calibration set is drawn with a fixed seed; its manifest (files and sha256) is written
+beside each graph that used it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._optional import require
+from ..data.datasets import MultiLabelSet
+from ..data.transforms import ImageDecodeError, Preprocess
+from ..io import sha256_file, write_json
+from .export import INPUT_NAME, OUTPUT_NAME, ExportError, ort_session, read_metadata, write_metadata
+
+
+@dataclasses.dataclass
+class CalibrationSet:
+    """Preprocessed calibration images and where they came from."""
+
+    images: np.ndarray  # (N, 3, S, S) float32, normalised
+    manifest: dict[str, Any]
+
+
+def calibration_set(data: MultiLabelSet, preprocess: Preprocess, count: int = 128, seed: int = 0) -> CalibrationSet:
+    """Draw ``count`` images of ``data`` with ``seed``, preprocessed exactly as for inference.
+
+    Unreadable images are skipped (and listed in the manifest); the draw continues in the
+    seeded order until ``count`` images decode.
+    """
+    import torch
+
+    order = np.random.default_rng(seed).permutation(len(data))
+    images, files, skipped = [], [], []
+    for index in order:
+        if len(images) == count:
+            break
+        path = data.paths[int(index)]
+        try:
+            images.append(preprocess.load(path))
+        except ImageDecodeError as err:
+            skipped.append({"path": path, "reason": str(err)})
+            continue
+        files.append({"path": path, "sha256": sha256_file(path)})
+    if not images:
+        raise ExportError(f"no calibration image could be decoded from {data.source}")
+    batch = preprocess.normalize(torch.stack(images), channels_last=False).numpy()
+    manifest = {"source": data.source, "seed": seed, "count": len(files), "requested": count,
+                "preprocess": dataclasses.asdict(preprocess.config), "files": files, "skipped": skipped}
+    return CalibrationSet(images=np.ascontiguousarray(batch, dtype=np.float32), manifest=manifest)
+
+
+class _DropNvmlProbe(logging.Filter):
+    """ModelOpt logs an ERROR when it probes for GPUs on a machine without NVML; that is expected."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "NVML" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_modelopt():
+    """ModelOpt at WARNING level; the calibration's progress output is captured and shown only
+    when the conversion fails."""
+    from modelopt.onnx.logging_config import configure_logging, logger
+
+    configure_logging(logging.WARNING)
+    for handler in logger.handlers:
+        handler.addFilter(_DropNvmlProbe())
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+            yield
+    except BaseException:
+        sys.stderr.write(captured.getvalue()[-5000:])
+        raise
+
+
+def convert_fp16(fp32_path: str | Path, out_path: str | Path, calibration: CalibrationSet | None = None,
+                 *, data_max: float = 512.0) -> dict[str, Any]:
+    """FP16 graph with FP32 I/O via ModelOpt AutoCast; returns :func:`fp16_report` of it.
+
+    Args:
+        fp32_path: The exported FP32 graph.
+        out_path: Where the FP16 graph goes.
+        calibration: Real images for AutoCast's reference run (random data without them).
+        data_max: Nodes whose inputs or outputs exceed this magnitude stay FP32.
+
+    Raises:
+        ExportError: the FP16 graph gives non-finite logits on the calibration images.
+    """
+    onnx = require("onnx", "FP16 conversion")
+    require("modelopt.onnx", "FP16 conversion (ModelOpt AutoCast)")
+    from modelopt.onnx.autocast import convert_to_mixed_precision
+
+    out_path = Path(out_path)
+    meta = read_metadata(fp32_path)
+    with tempfile.TemporaryDirectory() as tmp, _quiet_modelopt():
+        calib_file = None
+        if calibration is not None:
+            calib_file = str(Path(tmp) / "calibration.npz")
+            np.savez(calib_file, **{INPUT_NAME: calibration.images})
+        proto = convert_to_mixed_precision(
+            str(fp32_path), low_precision_type="fp16", keep_io_types=True, calibration_data=calib_file,
+            data_max=data_max, providers=["cpu"],
+        )
+    write_metadata(proto, dataclasses.replace(meta, precision="fp16",
+                                              extra={**meta.extra, "fp16": {"data_max": data_max}}))
+    onnx.save(proto, str(out_path))
+    onnx.checker.check_model(str(out_path))
+    if calibration is not None:
+        write_json(calibration.manifest, calibration_manifest_path(out_path))
+        logits = ort_session(out_path).run([OUTPUT_NAME], {INPUT_NAME: calibration.images[:16]})[0]
+        if not np.isfinite(logits).all():
+            raise ExportError(f"{out_path}: the FP16 graph gives non-finite logits on calibration images")
+    return fp16_report(out_path)
+
+
+def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: CalibrationSet, *,
+                  method: str = "entropy", high_precision: str = "fp32") -> dict[str, Any]:
+    """INT8 Q/DQ graph by ModelOpt PTQ on ``calibration``; returns :func:`qdq_report` of it.
+
+    Args:
+        fp32_path: The exported FP32 graph.
+        out_path: Where the INT8 graph goes.
+        calibration: Real images through the model's preprocessing.
+        method: ``entropy`` or ``max`` activation calibration.
+        high_precision: Precision of the unquantised ops: ``fp32`` (parity isolates the INT8
+            error) or ``fp16`` (faster in TensorRT).
+
+    Raises:
+        ExportError: the graph breaks a TensorRT rule (asymmetric, per-tensor weights, int32 bias).
+    """
+    onnx = require("onnx", "INT8 quantisation")
+    require("modelopt.onnx", "INT8 quantisation (ModelOpt PTQ)")
+    from modelopt.onnx.quantization import quantize
+
+    out_path = Path(out_path)
+    meta = read_metadata(fp32_path)
+    with _quiet_modelopt():
+        quantize(
+            str(fp32_path), quantize_mode="int8", calibration_data={INPUT_NAME: calibration.images},
+            calibration_method=method, calibration_eps=["cpu"], output_path=str(out_path),
+            high_precision_dtype=high_precision, log_level="WARNING",
+        )
+    proto = onnx.load(str(out_path))
+    extra = {**meta.extra, "int8": {"method": method, "high_precision": high_precision,
+                                    "calibration_images": calibration.manifest["count"],
+                                    "calibration_seed": calibration.manifest["seed"]}}
+    write_metadata(proto, dataclasses.replace(meta, precision="int8", extra=extra))
+    onnx.save(proto, str(out_path))
+    onnx.checker.check_model(str(out_path))
+    write_json(calibration.manifest, calibration_manifest_path(out_path))
+    report = qdq_report(out_path)
+    if report["problems"]:
+        raise ExportError(f"{out_path}: not a TensorRT-ready Q/DQ graph: " + "; ".join(report["problems"]))
+    return report
+
+
+def calibration_manifest_path(graph_path: str | Path) -> Path:
+    """``model.int8.onnx`` -> ``model.int8.calib.json``."""
+    graph_path = Path(graph_path)
+    return graph_path.with_name(graph_path.stem + ".calib.json")
+
+
+def fp16_report(path: str | Path) -> dict[str, Any]:
+    """How many compute nodes run in FP16 and which stayed FP32, with the I/O types."""
+    onnx = require("onnx", "inspecting ONNX graphs")
+    from onnx import TensorProto
+
+    proto = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    types = {v.name: v.type.tensor_type.elem_type for v in [*proto.graph.value_info, *proto.graph.input, *proto.graph.output]}
+    for init in proto.graph.initializer:
+        types[init.name] = init.data_type
+    compute = [n for n in proto.graph.node if n.op_type not in ("Cast", "Constant", "Shape", "Reshape", "Unsqueeze",
+                                                                "Squeeze", "Transpose", "Concat", "Gather", "Slice")]
+    fp16 = [n for n in compute if any(types.get(o) == TensorProto.FLOAT16 for o in n.output)]
+    fp32 = [n for n in compute if any(types.get(o) == TensorProto.FLOAT for o in n.output)]
+    io = {"inputs": {i.name: TensorProto.DataType.Name(i.type.tensor_type.elem_type) for i in proto.graph.input},
+          "outputs": {o.name: TensorProto.DataType.Name(o.type.tensor_type.elem_type) for o in proto.graph.output}}
+    return {"compute_nodes": len(compute), "fp16_nodes": len(fp16), "fp32_nodes": len(fp32),
+            "kept_fp32": sorted({n.op_type for n in fp32}), "io": io}
+
+
+def qdq_report(path: str | Path) -> dict[str, Any]:
+    """Structure of a Q/DQ graph and every breach of TensorRT's rules.
+
+    Checks: every zero point is 0 (symmetric); weights feeding Conv/MatMul/Gemm are
+    dequantised per channel (a scale vector); no DequantizeLinear outputs from int32 (bias)
+    inputs. Also counts the quantised compute nodes by type.
+    """
+    onnx = require("onnx", "inspecting ONNX graphs")
+    from onnx import TensorProto, numpy_helper
+
+    proto = onnx.load(str(path))
+    inits = {i.name: i for i in proto.graph.initializer}
+    constants = {n.output[0]: n.attribute[0].t for n in proto.graph.node if n.op_type == "Constant" and n.attribute}
+
+    def tensor(name):
+        if name in inits:
+            return numpy_helper.to_array(inits[name])
+        if name in constants:
+            return numpy_helper.to_array(constants[name])
+        return None
+
+    producers = {out: n for n in proto.graph.node for out in n.output}
+    problems, per_channel, per_tensor_weights, quantized = [], 0, [], {}
+    q_nodes = [n for n in proto.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    for node in q_nodes:
+        if len(node.input) > 2:
+            zero = tensor(node.input[2])
+            if zero is not None and np.any(zero != 0):
+                problems.append(f"{node.name}: non-zero zero point (asymmetric)")
+        if node.op_type == "DequantizeLinear":
+            source = inits.get(node.input[0])
+            if source is not None and source.data_type == TensorProto.INT32:
+                problems.append(f"{node.name}: int32 (bias) dequantisation")
+    consumers: dict[str, list] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    for node in proto.graph.node:
+        if node.op_type not in ("Conv", "MatMul", "Gemm"):
+            continue
+        dq_inputs = [producers.get(name) for name in node.input[:2]]
+        if all(p is not None and p.op_type == "DequantizeLinear" for p in dq_inputs):
+            quantized[node.op_type] = quantized.get(node.op_type, 0) + 1
+        weight_dq = producers.get(node.input[1])
+        if weight_dq is None or weight_dq.op_type != "DequantizeLinear":
+            continue
+        weight_source = producers.get(weight_dq.input[0])
+        is_weight = weight_dq.input[0] in inits or (weight_source is not None and weight_source.input
+                                                     and weight_source.input[0] in inits)
+        if not is_weight:
+            continue  # an activation x activation MatMul (attention)
+        scale = tensor(weight_dq.input[1])
+        if scale is not None and scale.size > 1:
+            per_channel += 1
+        else:
+            per_tensor_weights.append(node.name)
+    if per_tensor_weights:
+        problems.append(f"{len(per_tensor_weights)} weight(s) quantised per tensor, e.g. {per_tensor_weights[:3]}")
+    return {"quantize_nodes": sum(n.op_type == "QuantizeLinear" for n in q_nodes),
+            "dequantize_nodes": sum(n.op_type == "DequantizeLinear" for n in q_nodes),
+            "quantized_compute": quantized, "per_channel_weights": per_channel, "problems": problems}

@@ -1,0 +1,195 @@
+"""Accuracy parity of every backend and precision against eager FP32, on real images.
+
+For each variant: mAP and its difference to eager FP32, max and mean |logit difference|,
+cosine similarity of each image's logit vector (mean and worst), tag agreement at the
+threshold (pairs whose reference probability lies within ``margin`` of the threshold are
+left out: they flip on noise), and model-only images/s. Gates per precision (configurable)
+decide pass or fail; ``lcie-fast parity`` exits non-zero when one fails.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data.datasets import MultiLabelSet
+from ..data.transforms import ImageDecodeError, Preprocess
+from ..io import write_json
+from ..metrics import multilabel_metrics
+from ..runtime.base import Backend
+
+# per precision: largest |mAP - mAP(eager FP32)| in points, smallest mean per-image cosine
+DEFAULT_GATES: dict[str, dict[str, float]] = {
+    "fp32": {"max_abs_dmap": 0.01, "min_cosine": 0.99999},
+    "fp16": {"max_abs_dmap": 0.1, "min_cosine": 0.999},
+    "bf16": {"max_abs_dmap": 0.3, "min_cosine": 0.995},
+    "int8": {"max_abs_dmap": 0.5, "min_cosine": 0.99},
+}
+
+
+@dataclasses.dataclass
+class Variant:
+    """A backend to score: a label, its precision (selects the gate) and how to build it."""
+
+    label: str
+    precision: str
+    build: Callable[[], Backend]
+
+
+@dataclasses.dataclass
+class ParityRow:
+    label: str
+    precision: str
+    mAP: float
+    dmAP: float
+    max_abs: float
+    mean_abs: float
+    cosine: float
+    min_cosine: float
+    agreement: float
+    images_per_s: float
+    passed: bool
+    gate: dict[str, float]
+
+
+def load_images(data: MultiLabelSet, preprocess: Preprocess, progress: bool = True) -> tuple[torch.Tensor, np.ndarray, list]:
+    """Decode and resize every image once: uint8 (N, 3, S, S), kept indices, failures."""
+    images, kept, failed = [], [], []
+    for index, path in enumerate(tqdm(data.paths, desc="decode", unit="img", disable=not progress, leave=False)):
+        try:
+            images.append(preprocess.load(path))
+            kept.append(index)
+        except ImageDecodeError as err:
+            failed.append({"path": path, "reason": str(err)})
+    if not images:
+        raise ValueError(f"no image of {data.source} could be decoded")
+    return torch.stack(images), np.array(kept), failed
+
+
+def run_backend(backend: Backend, images: torch.Tensor, preprocess: Preprocess, batch_size: int,
+                progress: bool = True) -> tuple[np.ndarray, float]:
+    """Logits of every image and the model-only throughput (normalisation and copies excluded)."""
+    max_batch = backend.max_batch or batch_size
+    batch_size = min(batch_size, max_batch)
+    batches = [preprocess.normalize(images[i:i + batch_size], channels_last=False)
+               for i in range(0, len(images), batch_size)]
+    backend.infer(batches[0])  # warm-up (lazy init, autotuning, compilation)
+    backend.synchronize()
+    outputs, seconds = [], 0.0
+    for batch in tqdm(batches, desc=backend.label, unit="batch", disable=not progress, leave=False):
+        start = time.perf_counter()
+        out = backend.infer(batch)
+        backend.synchronize()
+        seconds += time.perf_counter() - start
+        outputs.append(out.detach().float().cpu().numpy() if hasattr(out, "detach") else np.asarray(out, np.float32))
+    return np.concatenate(outputs), len(images) / max(seconds, 1e-9)
+
+
+def compare(reference: np.ndarray, logits: np.ndarray, targets: np.ndarray, label_names: list[str],
+            threshold: float = 0.5, margin: float = 0.02) -> dict[str, float]:
+    """Parity numbers of ``logits`` against ``reference`` (both (N, C))."""
+    diff = np.abs(logits.astype(np.float64) - reference)
+    dot = (logits * reference).sum(1)
+    norms = np.linalg.norm(logits, axis=1) * np.linalg.norm(reference, axis=1)
+    cosine = dot / np.maximum(norms, 1e-12)
+    p_ref, p = 1 / (1 + np.exp(-reference)), 1 / (1 + np.exp(-logits))
+    decided = np.abs(p_ref - threshold) > margin
+    agreement = ((p_ref >= threshold) == (p >= threshold))[decided].mean() if decided.any() else 1.0
+    metrics = multilabel_metrics(logits, targets, from_logits=True, class_names=label_names, threshold=threshold)
+    return {"mAP": metrics["mAP"], "max_abs": float(diff.max()), "mean_abs": float(diff.mean()),
+            "cosine": float(cosine.mean()), "min_cosine": float(cosine.min()), "agreement": float(agreement)}
+
+
+def run_parity(variants: list[Variant], data: MultiLabelSet, preprocess: Preprocess, *, batch_size: int = 16,
+               gates: dict[str, dict[str, float]] | None = None, threshold: float = 0.5,
+               progress: bool = True) -> dict[str, Any]:
+    """Score every variant; the first is the reference (eager FP32)."""
+    gates = {k: dict(v) for k, v in (gates or DEFAULT_GATES).items()}
+    images, kept, failed = load_images(data, preprocess, progress)
+    targets = data.targets[kept]
+    rows: list[ParityRow] = []
+    logits_by_label: dict[str, np.ndarray] = {}
+    reference = None
+    for variant in variants:
+        backend = variant.build()
+        try:
+            logits, rate = run_backend(backend, images, preprocess, batch_size, progress)
+        finally:
+            backend.close()
+        if reference is None:
+            reference = logits.astype(np.float64)
+        numbers = compare(reference, logits, targets, list(data.label_names), threshold)
+        gate = gates.get(variant.precision, {})
+        dmap = numbers["mAP"] - rows[0].mAP if rows else 0.0
+        passed = abs(dmap) <= gate.get("max_abs_dmap", float("inf")) and numbers["cosine"] >= gate.get("min_cosine", -1)
+        rows.append(ParityRow(label=variant.label, precision=variant.precision, dmAP=dmap, images_per_s=rate,
+                              passed=bool(passed), gate=gate, **numbers))
+        logits_by_label[variant.label] = logits
+    return {"rows": rows, "logits": logits_by_label, "images": int(len(kept)), "failed": failed,
+            "source": data.source, "batch_size": batch_size, "threshold": threshold, "gates": gates}
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    rows: list[ParityRow] = report["rows"]
+    base = rows[0].images_per_s
+    lines = [
+        f"Parity on {report['source']}: {report['images']} images, batch {report['batch_size']}, "
+        f"threshold {report['threshold']}; reference: {rows[0].label}. images/s is model-only.",
+        "",
+        "| backend | precision | mAP | dmAP | max abs dlogit | mean abs dlogit | cosine (mean / min) | tag agreement | images/s | x ref | gate |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        gate = f"{'PASS' if r.passed else 'FAIL'} (|dmAP|<={r.gate.get('max_abs_dmap', '-')}, cos>={r.gate.get('min_cosine', '-')})"
+        lines.append(
+            f"| {r.label} | {r.precision} | {r.mAP:.2f} | {r.dmAP:+.3f} | {r.max_abs:.2e} | {r.mean_abs:.2e} | "
+            f"{r.cosine:.6f} / {r.min_cosine:.6f} | {100 * r.agreement:.2f}% | {r.images_per_s:.1f} | "
+            f"{r.images_per_s / base:.2f} | {gate} |")
+    if report["failed"]:
+        lines.append(f"\n{len(report['failed'])} unreadable image(s) left out: "
+                     + ", ".join(f["path"] for f in report["failed"][:5]))
+    return "\n".join(lines) + "\n"
+
+
+def scatter_plot(report: dict[str, Any], path: str | Path) -> Path:
+    """PNG: each variant's logits against the reference's, one panel per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows: list[ParityRow] = report["rows"]
+    reference = report["logits"][rows[0].label].ravel()
+    others = rows[1:] or rows[:1]
+    fig, axes = plt.subplots(1, len(others), figsize=(4 * len(others), 4), squeeze=False)
+    low, high = float(reference.min()), float(reference.max())
+    for ax, row in zip(axes[0], others):
+        values = report["logits"][row.label].ravel()
+        ax.scatter(reference, values, s=3, alpha=0.4)
+        ax.plot([low, high], [low, high], color="black", linewidth=0.8)
+        ax.set_title(f"{row.label}\nmax |d| {row.max_abs:.2e}, dmAP {row.dmAP:+.3f}", fontsize=9)
+        ax.set_xlabel(f"{rows[0].label} logit")
+        ax.set_ylabel("logit")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
+    """parity.md, parity.json and parity_scatter.png under ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": out_dir / "parity.md", "json": out_dir / "parity.json", "png": out_dir / "parity_scatter.png"}
+    paths["markdown"].write_text(markdown_table(report))
+    write_json({k: v for k, v in report.items() if k != "logits"} | {"rows": [dataclasses.asdict(r) for r in report["rows"]]},
+               paths["json"])
+    scatter_plot(report, paths["png"])
+    return paths
