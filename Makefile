@@ -20,8 +20,10 @@ venv: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(PY) -m lcie_fast demo
 
+# Two passes: Triton's interpreter must be switched on before Triton is first imported.
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -m interpreter
 
 clean:
 	rm -rf $(VENV) build demo_out .pytest_cache

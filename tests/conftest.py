@@ -2,8 +2,10 @@
 
 Markers (declared in pyproject.toml), each skipping with its reason where it cannot run:
 ``gpu`` (no CUDA GPU), ``tensorrt`` (TensorRT not importable), ``dali`` (DALI not
-installed), ``triton`` (no Triton, or neither a GPU nor the interpreter), ``slow`` (runs by
-default; ``--fast`` skips it).
+installed), ``triton`` (no Triton, or neither a GPU nor the interpreter), ``interpreter``
+(Triton kernels on the CPU: TRITON_INTERPRET=1 must be set before Triton is first imported,
+so ``make test`` runs these in a second pytest pass), ``slow`` (runs by default; ``--fast``
+skips it).
 
 Real-data tests find ``traffic5`` through ``LCIE_FAST_DATA`` (default ``../shared/data``
 beside the repository root) and skip with the path they looked at when it is absent.
@@ -20,6 +22,8 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_ENV = "LCIE_FAST_DATA"
+# read once, before any test imports Triton: the interpreter cannot be switched on later
+INTERPRETER_AT_START = os.environ.get("TRITON_INTERPRET", "") not in ("", "0")
 
 
 def data_root() -> Path:
@@ -47,6 +51,12 @@ def _skip_reason(marker: str, config: pytest.Config) -> str | None:
         return None
     if marker == "dali":
         return None if importlib.util.find_spec("nvidia.dali") else "needs NVIDIA DALI: pip install 'lcie-fast[dali]'"
+    if marker == "interpreter":
+        if importlib.util.find_spec("triton") is None:
+            return "needs Triton (it ships with the CUDA builds of torch)"
+        if not INTERPRETER_AT_START:
+            return "Triton interpreter tests need TRITON_INTERPRET=1 set before pytest starts (make test runs them)"
+        return None
     if marker == "triton":
         from lcie_fast.ops.triton_support import triton_runtime_reasons
 
@@ -58,7 +68,7 @@ def _skip_reason(marker: str, config: pytest.Config) -> str | None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     cache: dict[str, str | None] = {}
     for item in items:
-        for marker in ("slow", "gpu", "tensorrt", "dali", "triton"):
+        for marker in ("slow", "gpu", "tensorrt", "dali", "triton", "interpreter"):
             if item.get_closest_marker(marker) is None:
                 continue
             if marker not in cache:

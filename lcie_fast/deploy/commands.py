@@ -162,12 +162,14 @@ def parity_variants(model, meta, graphs: dict[str, Path], device: str, engines: 
     from ..runtime.torch_backends import CompiledBackend, EagerBackend
     from .parity import Variant
 
-    def eager(precision: str, channels_last: bool = True):
-        return lambda: EagerBackend(copy.deepcopy(model), meta, device, precision, channels_last)
+    def eager(precision: str, fast_ops: str = "ref"):
+        return lambda: EagerBackend(copy.deepcopy(model), meta, device, precision, fast_ops=fast_ops)
 
     variants = [Variant(f"eager fp32 ({device})", "fp32", eager("fp32"))]
+    variants.append(Variant(f"eager fp32 + fused projections ({device})", "fp32", eager("fp32", "auto")))
     if device.startswith("cuda"):
         variants.append(Variant(f"eager AMP fp16 channels-last ({device})", "fp16", eager("fp16")))
+        variants.append(Variant(f"eager AMP fp16 + fast ops ({device})", "fp16", eager("fp16", "auto")))
         variants.append(Variant(f"eager AMP bf16 channels-last ({device})", "bf16", eager("bf16")))
         variants.append(Variant(f"torch.compile fp16 ({device})", "fp16",
                                 lambda: CompiledBackend(copy.deepcopy(model), meta, device, "fp16")))

@@ -175,16 +175,15 @@ def sine_position_code(h: int, w: int, dim: int, temperature: float = 10000.0) -
 
 
 class SpatialBranch(nn.Module):
-    """Class-aware spatial features (eq. 4-5): 1x1 conv D -> C, then global max pooling."""
+    """Class-aware spatial features (eq. 4): a 1x1 conv D -> C; the model max-pools them (eq. 5)."""
 
     def __init__(self, dim: int, num_classes: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(dim, num_classes, kernel_size=1)
 
-    def forward(self, x_ml: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """X_ml (B, D, h, w) -> (L_sp (B, C, h*w), y_sp (B, C))."""
-        l_sp = self.conv(x_ml).flatten(2)  # (B, C, h*w)
-        return l_sp, l_sp.amax(dim=-1)  # (B, C, h*w), (B, C)
+    def forward(self, x_ml: torch.Tensor) -> torch.Tensor:
+        """X_ml (B, D, h, w) -> L_sp (B, C, h*w)."""
+        return self.conv(x_ml).flatten(2)  # (B, C, h*w)
 
 
 class EncoderLayer(nn.Module):
@@ -331,6 +330,7 @@ class LCIE(nn.Module):
             self.partial = PartialLabelBranch(
                 self.fused_dim, num_classes, mask_ratio, shared or CorrelationEncoder(*encoder_args)
             )
+        self.fused_projections = None  # set by models.fused.fuse_for_inference
         self._reset_transformer_parameters()
 
     def _reset_transformer_parameters(self) -> None:
@@ -369,14 +369,20 @@ class LCIE(nn.Module):
             out["logits"] = self.baseline_head(x_ml.mean(dim=(2, 3)))  # (B, C)
             return out
         parts, logits = [], []
-        if self.decoder is not None:
-            out["l_ca"] = self.decoder(tokens)  # (B, C, D)
-            out["y_ca"] = self.head_ca(out["l_ca"])  # (B, C)
-            parts.append(out["l_ca"])
+        if self.fused_projections is not None and not self.training:
+            # inference rewrite (models/fused.py): one GEMM for every token projection
+            l_ca, l_sp = self.fused_projections(tokens)  # (B, C, D), (B, C, h*w)
+        else:
+            l_ca = self.decoder(tokens) if self.decoder is not None else None  # (B, C, D)
+            l_sp = self.spatial(x_ml) if self.spatial is not None else None  # (B, C, h*w)
+        if l_ca is not None:
+            out["l_ca"] = l_ca
+            out["y_ca"] = self.head_ca(l_ca)  # (B, C)
+            parts.append(l_ca)
             logits.append(out["y_ca"])
-        if self.spatial is not None:
-            out["l_sp"], out["y_sp"] = self.spatial(x_ml)  # (B, C, h*w), (B, C)
-            parts.append(out["l_sp"].to(parts[0].dtype) if parts else out["l_sp"])
+        if l_sp is not None:
+            out["l_sp"], out["y_sp"] = l_sp, l_sp.amax(dim=-1)  # (B, C, h*w), (B, C)
+            parts.append(l_sp.to(parts[0].dtype) if parts else l_sp)
             logits.append(out["y_sp"])
         fused = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)  # (B, C, E)
         out["fused"] = fused

@@ -15,9 +15,13 @@ BUILD_HINT = (
 @functools.lru_cache(maxsize=1)
 def _load() -> tuple[ModuleType | None, str]:
     try:
-        return importlib.import_module("lcie_fast._C"), ""
+        module = importlib.import_module("lcie_fast._C")
     except ImportError as err:
         return None, f"lcie_fast._C is not built or does not load ({err}); {BUILD_HINT}"
+    from ._library import register_cuda_fakes
+
+    register_cuda_fakes()
+    return module, ""
 
 
 def extension() -> ModuleType | None:

@@ -33,6 +33,8 @@ class Implementation:
 
     name: str
     fn: Callable
+    # called as not_supported_reasons(*args, auto=bool): auto selection may be stricter
+    # (e.g. the Triton interpreter only runs when asked for by name)
     not_supported_reasons: Callable[..., list[str]]
 
 
@@ -67,6 +69,14 @@ def _check(impl: str) -> None:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
 
 
+def not_supported_reasons(fast: Sequence[Implementation], impl: str, *args: object) -> list[str]:
+    """Why ``impl`` cannot run on ``args`` (empty when it can): for reports and tests."""
+    for candidate in fast:
+        if candidate.name == impl:
+            return candidate.not_supported_reasons(*args, auto=False)
+    return [f"no {impl!r} implementation exists"]
+
+
 def choose(
     op: str,
     impl: str,
@@ -87,12 +97,12 @@ def choose(
         return ref
     if impl == "auto":
         for candidate in fast:
-            if not candidate.not_supported_reasons(*args):
+            if not candidate.not_supported_reasons(*args, auto=True):
                 return candidate.fn
         return ref
     for candidate in fast:
         if candidate.name == impl:
-            reasons = candidate.not_supported_reasons(*args)
+            reasons = candidate.not_supported_reasons(*args, auto=False)
             if reasons:
                 raise NotSupportedError(f"{op}: impl={impl!r} cannot run: " + "; ".join(reasons))
             return candidate.fn

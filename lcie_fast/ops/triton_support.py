@@ -24,13 +24,19 @@ def triton_runtime_reasons() -> list[str]:
     return []
 
 
-def triton_tensor_reasons(*tensors) -> list[str]:
-    """Reasons Triton cannot take these tensors: device, and the runtime reasons above."""
+def triton_tensor_reasons(*tensors, auto: bool = False) -> list[str]:
+    """Reasons Triton cannot take these tensors: device, and the runtime reasons above.
+
+    The interpreter (``TRITON_INTERPRET=1``) is for tests on small shapes: it runs only when
+    Triton is asked for by name, never through ``auto``.
+    """
     reasons = triton_runtime_reasons()
     if reasons:
         return reasons
     devices = {t.device.type for t in tensors}
     if interpreter_enabled():
+        if auto:
+            return ["the Triton interpreter (TRITON_INTERPRET=1) runs only when impl='triton' is asked for"]
         if devices != {"cpu"}:
             return [f"the Triton interpreter takes CPU tensors, got {sorted(devices)}"]
         return []

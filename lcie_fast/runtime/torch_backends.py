@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import ops
 from ..metadata import ModelMetadata
 from .base import Backend, BackendError
 
@@ -23,12 +24,15 @@ class EagerBackend(Backend):
         device: ``cpu`` or ``cuda[:N]``.
         precision: ``fp32``, or ``fp16`` / ``bf16`` through autocast (weights stay FP32).
         channels_last: Model and inputs in channels-last memory format.
+        fast_ops: ``ref`` (plain PyTorch), or ``auto``: the fused token projections
+            (:func:`~lcie_fast.models.fused.fuse_for_inference`) and the Triton / CUDA kernels
+            wherever they can run.
     """
 
     name = "eager"
 
     def __init__(self, model: torch.nn.Module, meta: ModelMetadata, device: str = "cpu", precision: str = "fp32",
-                 channels_last: bool = True) -> None:
+                 channels_last: bool = True, fast_ops: str = "ref") -> None:
         if precision not in _DTYPES:
             raise BackendError(f"{self.name}: precision must be fp32, fp16 or bf16, got {precision!r}")
         target = torch.device(device)
@@ -42,6 +46,14 @@ class EagerBackend(Backend):
         self.model = model.to(target).eval()
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if fast_ops not in ("ref", "auto"):
+            raise BackendError(f"{self.name}: fast_ops must be ref or auto, got {fast_ops!r}")
+        self.fast_ops = fast_ops
+        if fast_ops == "auto":
+            from ..models.fused import fuse_for_inference
+
+            fuse_for_inference(self.model)
+            self.name = f"{self.name}+fast-ops"
         self.runner: Any = self.model
 
     def _autocast(self):
@@ -59,7 +71,7 @@ class EagerBackend(Backend):
 
     @torch.inference_mode()
     def infer(self, images: Any) -> torch.Tensor:
-        with self._autocast():
+        with self._autocast(), ops.use_impl(self.fast_ops):
             return self.runner(self._prepare(images)).float()
 
     def synchronize(self) -> None:
@@ -83,18 +95,18 @@ class CompiledBackend(EagerBackend):
     name = "compiled"
 
     def __init__(self, model: torch.nn.Module, meta: ModelMetadata, device: str = "cpu", precision: str = "fp32",
-                 channels_last: bool = True, cuda_graphs: bool = False) -> None:
-        super().__init__(model, meta, device, precision, channels_last)
+                 channels_last: bool = True, cuda_graphs: bool = False, fast_ops: str = "ref") -> None:
+        super().__init__(model, meta, device, precision, channels_last, fast_ops)
         if cuda_graphs and self.torch_device.type != "cuda":
             raise BackendError("compiled: CUDA graphs need a CUDA device")
         self.cuda_graphs = cuda_graphs
         self.runner = torch.compile(self.model, mode="reduce-overhead" if cuda_graphs else None, dynamic=False)
         if cuda_graphs:
-            self.name = "compiled+cudagraphs"
+            self.name += "+cudagraphs"
 
     @torch.inference_mode()
     def infer(self, images: Any) -> torch.Tensor:
-        with self._autocast():
+        with self._autocast(), ops.use_impl(self.fast_ops):
             out = self.runner(self._prepare(images))
         # CUDA-graph outputs are overwritten by the next replay: hand out a copy
         return out.float().clone() if self.cuda_graphs else out.float()
