@@ -10,4 +10,14 @@ __version__ = "0.1.0"
 
 from .models import create_model, list_models
 
-__all__ = ["__version__", "create_model", "list_models"]
+
+def __getattr__(name: str):
+    # lcie_fast.Tagger without importing the tagging machinery at package import
+    if name == "Tagger":
+        from .tagger import Tagger
+
+        return Tagger
+    raise AttributeError(f"module 'lcie_fast' has no attribute {name!r}")
+
+
+__all__ = ["Tagger", "__version__", "create_model", "list_models"]

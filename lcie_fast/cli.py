@@ -78,6 +78,24 @@ def _add_parity(sub: argparse._SubParsersAction) -> None:
     add_parity_parser(sub)
 
 
+def _add_tag(sub: argparse._SubParsersAction) -> None:
+    from .tag_commands import add_tag_parser
+
+    add_tag_parser(sub)
+
+
+def _add_tag_video(sub: argparse._SubParsersAction) -> None:
+    from .tag_commands import add_tag_video_parser
+
+    add_tag_video_parser(sub)
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from .benchmark import add_bench_parser
+
+    add_bench_parser(sub)
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     from .demo import add_demo_parser
 
@@ -86,7 +104,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 # Subcommand registrars, in the order `lcie-fast --help` shows them.
 REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_info, _add_models, _add_train, _add_eval, _add_export, _add_build_engine, _add_parity, _add_demo,
+    _add_info, _add_models, _add_train, _add_eval, _add_export, _add_build_engine, _add_parity, _add_tag,
+    _add_tag_video, _add_bench, _add_demo,
 ]
 
 
@@ -114,6 +133,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (e.g. `lcie-fast tag ... | head`): stop quietly, as Unix tools do
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (ValueError, KeyError, FileNotFoundError, ImportError) as err:
         # Errors a user can act on: print the message, not a traceback.
         message = err.args[0] if isinstance(err, KeyError) and err.args else err

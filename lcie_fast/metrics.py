@@ -195,3 +195,43 @@ def format_metrics(result: dict[str, Any], top_k: int = 3) -> str:
     if result["classes_without_positives"]:
         lines.append("left out (no positive target): " + ", ".join(result["classes_without_positives"]))
     return "\n".join(lines)
+
+
+def fit_thresholds(scores: Any, targets: Any, *, from_logits: bool = False,
+                   class_names: Sequence[str] | None = None, default: float = 0.5) -> dict[str, Any]:
+    """Per-class probability thresholds that maximise each class's F1 on a validation set.
+
+    For each class every distinct score is a candidate; predicting positive at p >= t, the
+    threshold with the best F1 wins (ties: the higher threshold). It is placed halfway to the
+    next lower score, so scores equal to the fitted one stay positive under float noise.
+    Classes without a positive target keep ``default`` and are named.
+
+    Returns:
+        ``{"thresholds": {name: t}, "f1": {name: best F1 in percent}, "default": default,
+        "classes_without_positives": [...]}`` (the format ``Tagger.load(thresholds=...)`` reads).
+    """
+    scores = _to_numpy(scores, "scores")
+    targets = _to_numpy(targets, "targets")
+    if scores.shape != targets.shape:
+        raise ValueError(f"scores {scores.shape} and targets {targets.shape} differ in shape")
+    probabilities = 1.0 / (1.0 + np.exp(-scores)) if from_logits else scores
+    names = [str(n) for n in class_names] if class_names is not None else [str(i) for i in range(scores.shape[1])]
+    thresholds, f1s, without = {}, {}, []
+    for c, name in enumerate(names):
+        known = (targets[:, c] == 0) | (targets[:, c] == 1)
+        p, t = probabilities[known, c], targets[known, c] == 1
+        positives = int(t.sum())
+        if positives == 0:
+            thresholds[name], without = default, without + [name]
+            continue
+        order = np.argsort(-p, kind="stable")
+        p, t = p[order], t[order]
+        tp = np.cumsum(t)
+        predicted = np.arange(1, len(p) + 1)
+        last_of_tie = np.r_[p[1:] != p[:-1], True]  # thresholds at distinct scores only
+        f1 = np.where(last_of_tie, 2 * tp / (predicted + positives), -1.0)
+        best = int(np.flatnonzero(f1 == f1.max())[0])
+        below = p[best + 1] if best + 1 < len(p) else 0.0
+        thresholds[name] = float((p[best] + below) / 2)
+        f1s[name] = float(100 * f1[best])
+    return {"thresholds": thresholds, "f1": f1s, "default": default, "classes_without_positives": without}

@@ -102,8 +102,9 @@ class MultiLabelSet:
 
 
 def _finish(source: str, paths: list[str], targets: list, names: list[str], problems: list[str],
-            on_error: str, bad_rows: set[int]) -> MultiLabelSet:
-    """Apply ``on_error`` to the problems found while parsing, and check for missing files and duplicates."""
+            on_error: str, bad_rows: set[int], check_files: bool = True) -> MultiLabelSet:
+    """Apply ``on_error`` to the problems found while parsing, and check for missing files
+    (unless ``check_files`` is off) and duplicates."""
     seen: dict[str, int] = {}
     for i, path in enumerate(paths):
         if i in bad_rows:
@@ -113,7 +114,7 @@ def _finish(source: str, paths: list[str], targets: list, names: list[str], prob
             bad_rows.add(i)
             continue
         seen[path] = i
-        if not Path(path).is_file():
+        if check_files and not Path(path).is_file():
             problems.append(f"missing file {path} (row {i + 1})")
             bad_rows.add(i)
     if problems and on_error != "skip":
@@ -125,7 +126,8 @@ def _finish(source: str, paths: list[str], targets: list, names: list[str], prob
     return MultiLabelSet([paths[i] for i in keep], matrix, names, source, skipped=list(problems))
 
 
-def load_csv_manifest(path: str | Path, images: str | Path | None = None, on_error: str = "raise") -> MultiLabelSet:
+def load_csv_manifest(path: str | Path, images: str | Path | None = None, on_error: str = "raise",
+                      check_files: bool = True) -> MultiLabelSet:
     """CSV: a ``filename`` column and one column per label holding 1, 0, or -1 / empty (unknown).
 
     Args:
@@ -165,11 +167,11 @@ def load_csv_manifest(path: str | Path, images: str | Path | None = None, on_err
                     problems.append(f"line {line}: column '{names[c]}' holds {cell!r}, expected 1, 0, -1 or empty")
                     bad.add(i)
         targets.append(values)
-    return _finish(str(path), paths, targets, names, problems, on_error, bad)
+    return _finish(str(path), paths, targets, names, problems, on_error, bad, check_files)
 
 
 def load_jsonl_manifest(path: str | Path, labels: Sequence[str] | None = None, images: str | Path | None = None,
-                        on_error: str = "raise") -> MultiLabelSet:
+                        on_error: str = "raise", check_files: bool = True) -> MultiLabelSet:
     """JSONL: one ``{"path": ..., "labels": [...], "unknown": [...]}`` object per line.
 
     ``labels`` lists the positives; the optional ``unknown`` lists labels whose state is not
@@ -216,7 +218,7 @@ def load_jsonl_manifest(path: str | Path, labels: Sequence[str] | None = None, i
                 else:
                     values[index[str(name)]] = value
         targets.append(values)
-    return _finish(str(path), paths, targets, names, problems, on_error, bad)
+    return _finish(str(path), paths, targets, names, problems, on_error, bad, check_files)
 
 
 def load_coco(root: str | Path, split: str = "train2014", annotated_only: bool = False,
@@ -390,6 +392,14 @@ def load_data_spec(spec: str, label_names: Sequence[str] | None = None, on_error
         raise ManifestError(spec, [f"unknown option(s) {sorted(options)} for {kind}"])
     data.source = spec
     return data.aligned_to(label_names) if label_names is not None else data
+
+
+def manifest_paths(path: str | Path) -> list[str]:
+    """Every image path a CSV or JSONL manifest names, in order, missing files included (the
+    tagger reports those as error records). Rows that are not well formed are skipped."""
+    path = Path(path)
+    loader = load_csv_manifest if path.suffix == ".csv" else load_jsonl_manifest
+    return loader(path, on_error="skip", check_files=False).paths
 
 
 def scan_images(root: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[str]:

@@ -47,13 +47,18 @@ def decode_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXEL
             data = bytes(source)
         else:
             data = Path(source).read_bytes()
+    except FileNotFoundError:
+        raise ImageDecodeError(f"{name}: file not found") from None
+    except IsADirectoryError:
+        raise ImageDecodeError(f"{name}: is a folder, not an image") from None
     except OSError as err:
         raise ImageDecodeError(f"{name}: cannot read: {err.strerror or err}") from None
     if not data:
         raise ImageDecodeError(f"{name}: empty file (zero bytes)")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # our own pixel limit applies (below); PIL still refuses images over twice its own
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > max_pixels:
@@ -64,7 +69,7 @@ def decode_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXEL
             image = ImageOps.exif_transpose(image)
     except ImageDecodeError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+    except Image.DecompressionBombError as err:
         raise ImageDecodeError(f"{name}: refused as a decompression bomb: {err}") from None
     except UnidentifiedImageError:
         raise ImageDecodeError(f"{name}: not an image in a supported format") from None
@@ -101,7 +106,9 @@ def resize_image(image: np.ndarray | torch.Tensor, size: int, interpolation: str
         size: Output side.
         interpolation: ``bilinear`` or ``bicubic``.
     """
-    tensor = torch.as_tensor(np.ascontiguousarray(image)) if isinstance(image, np.ndarray) else image
+    if isinstance(image, np.ndarray):
+        image = np.ascontiguousarray(image) if image.flags.writeable else np.array(image)
+    tensor = torch.from_numpy(image) if isinstance(image, np.ndarray) else image
     if tensor.dim() == 3 and tensor.shape[-1] == 3 and tensor.shape[0] != 3:
         tensor = tensor.permute(2, 0, 1)  # HWC -> CHW view
     if tuple(tensor.shape[-2:]) == (size, size):

@@ -76,6 +76,9 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="off",
                    help="autocast dtype for the forward (default off: fp32)")
     p.add_argument("--json", metavar="PATH", help="where to write the metrics (default: <checkpoint>.eval.json)")
+    p.add_argument("--fit-thresholds", metavar="PATH",
+                   help="also fit per-class thresholds (best F1 per class on this data) and write them as JSON "
+                        "for lcie-fast tag --thresholds")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_eval)
 
@@ -112,5 +115,14 @@ def run_eval(args: argparse.Namespace) -> int:
         out = Path(args.json) if args.json else Path(str(args.checkpoint) + ".eval.json")
         write_json(result, out)
         print(f"metrics written to {out}")
+        if args.fit_thresholds:
+            from ..metrics import fit_thresholds
+
+            fitted = fit_thresholds(prediction.logits, data.targets[prediction.indices], from_logits=True,
+                                    class_names=list(meta.label_names))
+            fitted["fitted_on"] = args.data
+            write_json(fitted, args.fit_thresholds)
+            print("per-class thresholds (best F1): " + ", ".join(
+                f"{name} {value:.3f}" for name, value in fitted["thresholds"].items()) + f" -> {args.fit_thresholds}")
     distributed.teardown()
     return 0

@@ -1,0 +1,161 @@
+"""Tagging video: sampled frames -> batches -> scores smoothed over time -> frame and segment tags.
+
+Frames are decoded on the CPU with PyAV (or OpenCV when PyAV is absent), sampled every N
+frames or at F frames per second, tagged in batches, and smoothed with an exponential moving
+average (``ema``: weight of the newest frame). A label's segment runs while its smoothed score
+stays at or above its threshold; segments shorter than ``min_segment`` seconds are dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ._optional import require
+
+
+@dataclasses.dataclass
+class Segment:
+    """A stretch of video where one label stays on."""
+
+    label: str
+    start: float
+    end: float
+    max_score: float
+    frames: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"label": self.label, "start": round(self.start, 3), "end": round(self.end, 3),
+                "max_score": round(self.max_score, 5), "frames": self.frames}
+
+
+def iter_frames(path: str | Path, *, every: int | None = None, fps: float | None = None,
+                reader: str = "auto") -> Iterator[tuple[int, float, np.ndarray]]:
+    """(frame index, time in seconds, RGB uint8 (H, W, 3)) of the sampled frames.
+
+    Args:
+        every: Keep every N-th decoded frame.
+        fps: Keep frames at this rate (by timestamp). Neither: every frame.
+        reader: ``av`` (PyAV), ``opencv`` or ``auto`` (PyAV when installed).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"video not found: {path}")
+    if every is not None and every < 1:
+        raise ValueError("every must be >= 1")
+    if fps is not None and fps <= 0:
+        raise ValueError("fps must be > 0")
+    if reader == "auto":
+        import importlib.util
+
+        reader = "av" if importlib.util.find_spec("av") else "opencv"
+    frames = _frames_av(path) if reader == "av" else _frames_opencv(path)
+    next_time = 0.0
+    for index, timestamp, image in frames:
+        if every is not None and index % every:
+            continue
+        if fps is not None:
+            if timestamp + 1e-6 < next_time:
+                continue
+            next_time = timestamp + 1.0 / fps
+        yield index, timestamp, image
+
+
+def _frames_av(path: Path) -> Iterator[tuple[int, float, np.ndarray]]:
+    av = require("av", "decoding video with PyAV")
+    try:
+        container = av.open(str(path))
+    except av.error.FFmpegError as err:
+        raise ValueError(f"{path}: cannot open as video: {err}") from None
+    with container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        rate = float(stream.average_rate or stream.guessed_rate or 25)
+        for index, frame in enumerate(container.decode(stream)):
+            timestamp = float(frame.time) if frame.time is not None else index / rate
+            yield index, timestamp, frame.to_ndarray(format="rgb24")
+
+
+def _frames_opencv(path: Path) -> Iterator[tuple[int, float, np.ndarray]]:
+    cv2 = require("cv2", "decoding video with OpenCV")
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise ValueError(f"{path}: OpenCV cannot open it as video")
+    rate = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    index = 0
+    try:
+        while True:
+            ok, bgr = capture.read()
+            if not ok:
+                return
+            yield index, index / rate, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            index += 1
+    finally:
+        capture.release()
+
+
+def tag_video(tagger: Any, path: str | Path, *, every: int | None = None, fps: float | None = None,
+              batch_size: int = 16, ema: float = 0.5, min_segment: float = 0.0,
+              reader: str = "auto") -> tuple[list[dict[str, Any]], list[Segment]]:
+    """Per-frame records and per-label segments of a video file.
+
+    Each frame record: ``frame``, ``time``, ``labels`` (smoothed score at or above the label's
+    threshold, best first) and ``scores`` (raw per-frame probabilities of every label).
+    """
+    if not 0.0 < ema <= 1.0:
+        raise ValueError("ema must be in (0, 1]")
+    labels = tagger.labels
+    thresholds = tagger.thresholds
+    smoothed = None
+    records: list[dict[str, Any]] = []
+    open_segments: dict[int, Segment] = {}
+    segments: list[Segment] = []
+    last_time, step = 0.0, 0.0
+
+    def flush(batch):
+        nonlocal smoothed, last_time, step
+        results = tagger.tag_frames([image for _, _, image in batch], threshold=0.0, all_scores=True)
+        for (index, timestamp, _), result in zip(batch, results):
+            raw = np.array([result.scores[name] for name in labels], dtype=np.float64)
+            smoothed = raw if smoothed is None else ema * raw + (1 - ema) * smoothed
+            on = smoothed >= thresholds
+            order = np.argsort(-smoothed, kind="stable")
+            records.append({"frame": index, "time": round(timestamp, 3),
+                            "labels": [{"label": labels[c], "score": round(float(smoothed[c]), 5)} for c in order if on[c]],
+                            "scores": {name: round(float(p), 5) for name, p in zip(labels, raw)}})
+            step = timestamp - last_time if records[:-1] else step
+            last_time = timestamp
+            for c, name in enumerate(labels):
+                segment = open_segments.get(c)
+                if on[c]:
+                    if segment is None:
+                        open_segments[c] = Segment(name, timestamp, timestamp, float(smoothed[c]), 1)
+                    else:
+                        segment.end, segment.frames = timestamp, segment.frames + 1
+                        segment.max_score = max(segment.max_score, float(smoothed[c]))
+                elif segment is not None:
+                    _close(segment, timestamp, segments, min_segment)
+                    del open_segments[c]
+
+    batch = []
+    for frame in iter_frames(path, every=every, fps=fps, reader=reader):
+        batch.append(frame)
+        if len(batch) == batch_size:
+            flush(batch)
+            batch = []
+    if batch:
+        flush(batch)
+    for segment in open_segments.values():
+        _close(segment, last_time + step, segments, min_segment)
+    segments.sort(key=lambda s: (s.start, s.label))
+    return records, segments
+
+
+def _close(segment: Segment, end: float, segments: list[Segment], min_segment: float) -> None:
+    """A segment ends where the first frame without the label begins."""
+    segment.end = end
+    if segment.end - segment.start >= min_segment:
+        segments.append(segment)
