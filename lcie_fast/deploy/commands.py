@@ -20,7 +20,8 @@ def graph_paths(onnx_path: str | Path) -> dict[str, Path]:
 
 def export_graphs(checkpoint: str | Path, onnx_path: str | Path, *, fp16: bool = True, int8: bool = True,
                   calib_data: str | None = None, calib_images: int = 128, calib_seed: int = 0,
-                  calib_method: str = "entropy", int8_high_precision: str = "fp32", verify_data: str | None = None,
+                  calib_method: str = "max", int8_high_precision: str = "fp32", quantize_depthwise: bool = False,
+                  verify_data: str | None = None,
                   verify_images: int = 16, tolerance: float = 1e-4, log=print) -> dict[str, Any]:
     """Export a checkpoint to the FP32 graph and (optionally) its FP16 and INT8 graphs.
 
@@ -74,7 +75,7 @@ def export_graphs(checkpoint: str | Path, onnx_path: str | Path, *, fp16: bool =
             f"FP16, kept FP32: {report['kept_fp32'] or 'none'}; I/O {report['io']}")
     if int8:
         report = quantize_int8(paths["fp32"], paths["int8"], calibration, method=calib_method,
-                               high_precision=int8_high_precision)
+                               high_precision=int8_high_precision, quantize_depthwise=quantize_depthwise)
         summary["graphs"]["int8"], summary["int8"] = str(paths["int8"]), report
         log(f"INT8 graph -> {paths['int8']}: {report['quantize_nodes']} Q / {report['dequantize_nodes']} DQ nodes, "
             f"quantised {report['quantized_compute']}, {report['per_channel_weights']} per-channel weights, "
@@ -86,9 +87,11 @@ def _add_calibration_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-data", metavar="SPEC", help="calibration images (default: the checkpoint's training data)")
     p.add_argument("--calib-images", type=int, default=128, help="number of calibration images")
     p.add_argument("--calib-seed", type=int, default=0, help="seed of the calibration draw")
-    p.add_argument("--calib-method", choices=["entropy", "max"], default="entropy")
+    p.add_argument("--calib-method", choices=["max", "entropy"], default="max")
     p.add_argument("--int8-high-precision", choices=["fp32", "fp16"], default="fp32",
                    help="precision of the ops INT8 does not cover")
+    p.add_argument("--int8-depthwise", action="store_true",
+                   help="also quantise depthwise convolutions (kept in high precision by default)")
 
 
 def add_export_parser(sub: argparse._SubParsersAction) -> None:
@@ -111,8 +114,8 @@ def _run_export(args: argparse.Namespace) -> int:
 
     summary = export_graphs(args.checkpoint, args.output, fp16=args.fp16, int8=args.int8, calib_data=args.calib_data,
                             calib_images=args.calib_images, calib_seed=args.calib_seed, calib_method=args.calib_method,
-                            int8_high_precision=args.int8_high_precision, verify_data=args.verify_data,
-                            tolerance=args.tolerance)
+                            int8_high_precision=args.int8_high_precision, quantize_depthwise=args.int8_depthwise,
+                            verify_data=args.verify_data, tolerance=args.tolerance)
     report = Path(args.output).with_suffix(".export.json")
     write_json(summary, report)
     print(f"summary written to {report}")
@@ -211,7 +214,7 @@ def _run_parity(args: argparse.Namespace) -> int:
         graphs = graph_paths(out_dir / "graphs" / "model.onnx")
         export_graphs(args.checkpoint, graphs["fp32"], calib_data=args.calib_data, calib_images=args.calib_images,
                       calib_seed=args.calib_seed, calib_method=args.calib_method,
-                      int8_high_precision=args.int8_high_precision)
+                      int8_high_precision=args.int8_high_precision, quantize_depthwise=args.int8_depthwise)
     data = load_data_spec(args.data, label_names=meta.label_names)
     if args.max_images:
         data = data.subset(range(min(args.max_images, len(data))))
