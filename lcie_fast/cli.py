@@ -1,15 +1,17 @@
 """The ``lcie-fast`` command line (also ``python -m lcie_fast``).
 
-Each subcommand lives in its own module and is imported only when it runs, so
-``lcie-fast info`` starts quickly and works without the optional extras.
+Each subcommand lives in its own module; those modules import their heavy dependencies
+(ONNX, ModelOpt, DALI, TensorRT ...) only when the subcommand runs, so every command starts
+quickly and works without the extras it does not use.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
-from typing import Callable, Sequence
+from typing import Sequence
 
 from . import __version__
 
@@ -48,64 +50,17 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_list_models)
 
 
-def _add_train(sub: argparse._SubParsersAction) -> None:
-    from .train.commands import add_train_parser
-
-    add_train_parser(sub)
-
-
-def _add_eval(sub: argparse._SubParsersAction) -> None:
-    from .train.commands import add_eval_parser
-
-    add_eval_parser(sub)
-
-
-def _add_export(sub: argparse._SubParsersAction) -> None:
-    from .deploy.commands import add_export_parser
-
-    add_export_parser(sub)
-
-
-def _add_build_engine(sub: argparse._SubParsersAction) -> None:
-    from .deploy.commands import add_build_engine_parser
-
-    add_build_engine_parser(sub)
-
-
-def _add_parity(sub: argparse._SubParsersAction) -> None:
-    from .deploy.commands import add_parity_parser
-
-    add_parity_parser(sub)
-
-
-def _add_tag(sub: argparse._SubParsersAction) -> None:
-    from .tag_commands import add_tag_parser
-
-    add_tag_parser(sub)
-
-
-def _add_tag_video(sub: argparse._SubParsersAction) -> None:
-    from .tag_commands import add_tag_video_parser
-
-    add_tag_video_parser(sub)
-
-
-def _add_bench(sub: argparse._SubParsersAction) -> None:
-    from .benchmark import add_bench_parser
-
-    add_bench_parser(sub)
-
-
-def _add_demo(sub: argparse._SubParsersAction) -> None:
-    from .demo import add_demo_parser
-
-    add_demo_parser(sub)
-
-
-# Subcommand registrars, in the order `lcie-fast --help` shows them.
-REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_info, _add_models, _add_train, _add_eval, _add_export, _add_build_engine, _add_parity, _add_tag,
-    _add_tag_video, _add_bench, _add_demo,
+# Subcommands, in the order `lcie-fast --help` shows them: (module, function adding its parser).
+SUBCOMMANDS: list[tuple[str, str]] = [
+    ("lcie_fast.train.commands", "add_train_parser"),
+    ("lcie_fast.train.commands", "add_eval_parser"),
+    ("lcie_fast.deploy.commands", "add_export_parser"),
+    ("lcie_fast.deploy.commands", "add_build_engine_parser"),
+    ("lcie_fast.deploy.commands", "add_parity_parser"),
+    ("lcie_fast.tag_commands", "add_tag_parser"),
+    ("lcie_fast.tag_commands", "add_tag_video_parser"),
+    ("lcie_fast.benchmark", "add_bench_parser"),
+    ("lcie_fast.demo", "add_demo_parser"),
 ]
 
 
@@ -116,8 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"lcie-fast {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for register in REGISTRARS:
-        register(sub)
+    _add_info(sub)
+    _add_models(sub)
+    for module, function in SUBCOMMANDS:
+        getattr(importlib.import_module(module), function)(sub)
     return parser
 
 

@@ -49,12 +49,11 @@ def export_graphs(checkpoint: str | Path, onnx_path: str | Path, *, fp16: bool =
 
     calibration = None
     if calib_spec:
-        calib_set = load_data_spec(calib_spec, label_names=meta.label_names)
+        calib_set = load_data_spec(calib_spec)  # images only: its labels need not be the model's
         calibration = calibration_set(calib_set, preprocess, calib_images, calib_seed)
         log(f"calibration: {calibration.manifest['count']} images of {calib_spec} (seed {calib_seed})")
     if verify_data:
-        verify = calibration_set(load_data_spec(verify_data, label_names=meta.label_names), preprocess,
-                                 verify_images, seed=1).images
+        verify = calibration_set(load_data_spec(verify_data), preprocess, verify_images, seed=1).images
         verified_on = f"{len(verify)} images of {verify_data}"
     elif calibration is not None:
         verify, verified_on = calibration.images[:verify_images], f"{min(verify_images, len(calibration.images))} calibration images"
