@@ -14,6 +14,7 @@ import sys
 from typing import Sequence
 
 from . import __version__
+from .errors import UserError
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -96,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except (ValueError, KeyError, FileNotFoundError, ImportError) as err:
+    except (UserError, ValueError, KeyError, FileNotFoundError, ImportError) as err:
         # Errors a user can act on: print the message, not a traceback.
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"lcie-fast {args.command}: error: {message}", file=sys.stderr)

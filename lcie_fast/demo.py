@@ -38,15 +38,16 @@ def _banner(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-def demo_data(output: Path) -> tuple[Path, Path, str]:
+def demo_data(output: Path, synthetic: bool = False) -> tuple[Path, Path, str]:
     """(train folder, valid folder, description): traffic5 or a generated set."""
-    traffic5 = find_traffic5()
+    traffic5 = None if synthetic else find_traffic5()
     if traffic5 is not None:
         return traffic5 / "train", traffic5 / "valid", f"traffic5 at {traffic5}"
     from .data.synthetic import make_synthetic_set
 
     root = make_synthetic_set(output / "synthetic", splits={"train": 240, "valid": 80}, size=192)
-    return root / "train", root / "valid", f"traffic5 not found (set {DATA_ENV}); a generated set at {root}"
+    reason = "asked for" if synthetic else f"traffic5 not found (set {DATA_ENV})"
+    return root / "train", root / "valid", f"{reason}: a generated set at {root}"
 
 
 def _fine_tune(args: argparse.Namespace, train_dir: Path, valid_dir: Path, output: Path) -> dict[str, Any]:
@@ -85,7 +86,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {}
-    train_dir, valid_dir, described = demo_data(output)
+    train_dir, valid_dir, described = demo_data(output, args.synthetic)
     _banner(f"1/6 data: {described}")
 
     _banner(f"2/6 fine-tune {args.model} from its ImageNet backbone (frozen; {args.img_size}x{args.img_size}; "
@@ -160,4 +161,5 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="lcie_effl0_448")
     p.add_argument("--img-size", type=int, default=256)
     p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--synthetic", action="store_true", help="use the generated set even where traffic5 exists")
     p.set_defaults(func=lambda args: (run_demo(args), 0)[1])

@@ -109,14 +109,14 @@ def tag_video(tagger: Any, path: str | Path, *, every: int | None = None, fps: f
         raise ValueError("ema must be in (0, 1]")
     labels = tagger.labels
     thresholds = tagger.thresholds
-    smoothed = None
+    smoothed: np.ndarray | None = None
     records: list[dict[str, Any]] = []
     open_segments: dict[int, Segment] = {}
     segments: list[Segment] = []
-    last_time, step = 0.0, 0.0
+    times: list[float] = []
 
     def flush(batch):
-        nonlocal smoothed, last_time, step
+        nonlocal smoothed
         results = tagger.tag_frames([image for _, _, image in batch], threshold=0.0, all_scores=True)
         for (index, timestamp, _), result in zip(batch, results):
             raw = np.array([result.scores[name] for name in labels], dtype=np.float64)
@@ -126,16 +126,14 @@ def tag_video(tagger: Any, path: str | Path, *, every: int | None = None, fps: f
             records.append({"frame": index, "time": round(timestamp, 3),
                             "labels": [{"label": labels[c], "score": round(float(smoothed[c]), 5)} for c in order if on[c]],
                             "scores": {name: round(float(p), 5) for name, p in zip(labels, raw)}})
-            step = timestamp - last_time if records[:-1] else step
-            last_time = timestamp
+            times.append(timestamp)
             for c, name in enumerate(labels):
                 segment = open_segments.get(c)
-                if on[c]:
-                    if segment is None:
-                        open_segments[c] = Segment(name, timestamp, timestamp, float(smoothed[c]), 1)
-                    else:
-                        segment.end, segment.frames = timestamp, segment.frames + 1
-                        segment.max_score = max(segment.max_score, float(smoothed[c]))
+                if on[c] and segment is None:
+                    open_segments[c] = Segment(name, timestamp, timestamp, float(smoothed[c]), 1)
+                elif on[c]:
+                    segment.end, segment.frames = timestamp, segment.frames + 1
+                    segment.max_score = max(segment.max_score, float(smoothed[c]))
                 elif segment is not None:
                     _close(segment, timestamp, segments, min_segment)
                     del open_segments[c]
@@ -148,8 +146,10 @@ def tag_video(tagger: Any, path: str | Path, *, every: int | None = None, fps: f
             batch = []
     if batch:
         flush(batch)
+    # segments still open end one sampling step after the last frame
+    step = times[-1] - times[-2] if len(times) > 1 else 0.0
     for segment in open_segments.values():
-        _close(segment, last_time + step, segments, min_segment)
+        _close(segment, times[-1] + step, segments, min_segment)
     segments.sort(key=lambda s: (s.start, s.label))
     return records, segments
 

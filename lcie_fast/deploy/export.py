@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .._optional import require
+from ..errors import UserError
 from ..metadata import MetadataError, ModelMetadata
 
 INPUT_NAME = "images"
@@ -23,7 +24,7 @@ METADATA_KEY = "lcie_fast"
 DEFAULT_OPSET = 18
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """An export or conversion that failed or does not match the eager model."""
 
 
@@ -131,11 +132,3 @@ def compare_with_eager(path: str | Path, model: torch.nn.Module, images: np.ndar
         diffs.append(np.abs(graph.astype(np.float64) - eager))
     diff = np.concatenate(diffs)
     return {"max_abs": float(diff.max()), "mean_abs": float(diff.mean()), "images": int(len(images))}
-
-
-def ensure_metadata(path: str | Path) -> ModelMetadata:
-    """Metadata of an ONNX graph, or a clear error naming the file."""
-    try:
-        return read_metadata(path)
-    except MetadataError as err:
-        raise ExportError(str(err)) from None

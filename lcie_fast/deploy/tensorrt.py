@@ -26,6 +26,7 @@ from typing import Any
 
 from .._optional import require
 from ..config import ConfigError, from_dict, load_yaml
+from ..errors import UserError
 from ..io import atomic_write, sha256_file, write_json
 from .export import INPUT_NAME, OUTPUT_NAME, read_metadata
 
@@ -34,7 +35,7 @@ BUNDLE_VERSION = 1
 DEFAULT_CACHE = Path("engines") / "build"
 
 
-class EngineError(RuntimeError):
+class EngineError(UserError, RuntimeError):
     """An engine that cannot be built, or a bundle that must not be loaded here, with the reason."""
 
 

@@ -17,13 +17,15 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
+from ..errors import UserError
+
 IMPLS = ("auto", "ref", "triton", "cuda")
 FORCE_REF_ENV = "LCIE_FAST_FORCE_REF"
 
 _global_impl = "auto"
 
 
-class NotSupportedError(RuntimeError):
+class NotSupportedError(UserError, RuntimeError):
     """An explicitly requested implementation cannot run on these inputs or this machine."""
 
 

@@ -12,10 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import UserError
 from ..metadata import ModelMetadata
 
 
-class BackendError(RuntimeError):
+class BackendError(UserError, RuntimeError):
     """A backend that cannot be built here, with the reason."""
 
 
