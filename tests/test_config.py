@@ -48,3 +48,16 @@ def test_bad_yaml_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_yaml(tmp_path / "missing.yaml")
     assert to_dict(PreprocessConfig())["resize"] == "stretch"
+
+
+def test_every_shipped_run_config_resolves():
+    from pathlib import Path
+
+    from lcie_fast.models import list_models
+    from lcie_fast.train.commands import resolve_run_config
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        config = resolve_run_config([str(path)], {}, ["train.epochs=1"])
+        assert config.model in list_models() and config.data.train and config.train.epochs == 1
