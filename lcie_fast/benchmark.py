@@ -178,25 +178,26 @@ def run_bench(model_spec: str, *, batch_sizes: list[int], device: str | None = N
         "model": model_spec, "device": _device_name(device), "input_size": size, "reps": reps, "rows": rows,
         "skipped": skipped, "versions": _versions(),
     }
-    if data:
-        report["pipeline"] = _pipeline_bench(model_spec, model, meta, path, device, data, max(batch_sizes), workers)
+    if data and rows:
+        # the pipeline runs the backend that was fastest at the largest batch
+        largest = max(r["batch"] for r in rows)
+        fastest = max((r for r in rows if r["batch"] == largest), key=lambda r: r["images_per_s"])
+        variant = next(v for v in variants if v.label == fastest["backend"])
+        report["pipeline"] = _pipeline_bench(variant, data, largest, workers)
     return report
 
 
-def _pipeline_bench(model_spec, model, meta, path, device, data, batch_size, workers) -> dict[str, Any]:
-    """Decoding alone, model-only and end-to-end tagging of the images under ``data``."""
-    from .runtime.onnxruntime import OnnxRuntimeBackend
-    from .runtime.torch_backends import EagerBackend
+def _pipeline_bench(variant: BenchVariant, data: str, batch_size: int, workers: int | None,
+                    passes: int = 3) -> dict[str, Any]:
+    """Decoding alone, then model-only and end-to-end tagging of the images under ``data``
+    (medians over ``passes`` alternating passes). Model-only includes what the tagger does
+    besides decoding: batching, normalisation and the copy to the backend."""
     from .tagger import Tagger, _decode, _Item, expand_inputs
 
     files = list(expand_inputs(data))
     if not files:
         raise ValueError(f"--data {data}: no images found")
-    if model is not None:
-        backend = EagerBackend(copy.deepcopy(model), meta, device, "fp16" if device.startswith("cuda") else "fp32",
-                               fast_ops="auto")
-    else:
-        backend = OnnxRuntimeBackend(path)
+    backend = variant.build()
     tagger = Tagger(backend)
     import concurrent.futures
     import os
@@ -207,20 +208,22 @@ def _pipeline_bench(model_spec, model, meta, path, device, data, batch_size, wor
     decode_s = time.perf_counter() - start
     images = torch.stack([d for d in decoded if d is not None])
     batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
-    tagger.logits(batches[0])
+    tagger.logits(batches[0])  # warm-up
     backend.synchronize()
-    start = time.perf_counter()
-    for batch in batches:
-        tagger.logits(batch)
-    backend.synchronize()
-    model_s = time.perf_counter() - start
-    start = time.perf_counter()
-    records = list(tagger.tag(files, batch_size=batch_size, workers=workers, decoder="threads"))
-    end_to_end_s = time.perf_counter() - start
+    model_rates, end_to_end_rates = [], []
+    for _ in range(passes):  # alternate, so both see the same machine state
+        start = time.perf_counter()
+        for batch in batches:
+            tagger.logits(batch)
+        backend.synchronize()
+        model_rates.append(len(images) / (time.perf_counter() - start))
+        start = time.perf_counter()
+        records = list(tagger.tag(files, batch_size=batch_size, workers=workers, decoder="threads"))
+        end_to_end_rates.append(len(records) / (time.perf_counter() - start))
+    model_rate, end_to_end = statistics.median(model_rates), statistics.median(end_to_end_rates)
     return {"images": len(files), "backend": backend.label, "batch_size": batch_size, "workers": workers or os.cpu_count(),
-            "decode_images_per_s": len(files) / decode_s, "model_images_per_s": len(images) / model_s,
-            "end_to_end_images_per_s": len(records) / end_to_end_s,
-            "end_to_end_over_model": (len(records) / end_to_end_s) / (len(images) / model_s)}
+            "passes": passes, "decode_images_per_s": len(files) / decode_s, "model_images_per_s": model_rate,
+            "end_to_end_images_per_s": end_to_end, "end_to_end_over_model": end_to_end / model_rate}
 
 
 def _device_name(device: str) -> str:
@@ -261,7 +264,7 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("pipeline"):
         p = report["pipeline"]
         lines += ["", f"Pipeline on {p['images']} images ({p['backend']}, batch {p['batch_size']}, {p['workers']} decoder "
-                      f"threads): decode alone {p['decode_images_per_s']:.1f} img/s, model-only "
+                      f"threads, median of {p['passes']} passes): decode alone {p['decode_images_per_s']:.1f} img/s, model-only "
                       f"{p['model_images_per_s']:.1f} img/s, end-to-end tagging {p['end_to_end_images_per_s']:.1f} img/s "
                       f"= {p['end_to_end_over_model']:.2f} x model-only."]
     for name, reason in report["skipped"].items():

@@ -210,10 +210,11 @@ class Tagger:
 
     # --------------------------------------------------------------------- inference
     def _device_batch(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 3, S, S) -> normalised float batch on the backend's device."""
+        """uint8 (B, 3, S, S) -> normalised float batch on the backend's device, in the memory
+        format it reads (channels-last for torch backends, contiguous NCHW for graphs/engines)."""
         if self.torch_device.type == "cuda":
             images = images.pin_memory().to(self.torch_device, non_blocking=True)
-        return self.preprocess.normalize(images, channels_last=True)
+        return self.preprocess.normalize(images, channels_last=getattr(self.backend, "channels_last", False))
 
     def logits(self, images: torch.Tensor) -> np.ndarray:
         """(B, C) logits of a uint8 (B, 3, S, S) batch."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,9 @@ def graph_paths(onnx_path: str | Path) -> dict[str, Path]:
 
 
 def export_graphs(checkpoint: str | Path, onnx_path: str | Path, *, fp16: bool = True, int8: bool = True,
-                  calib_data: str | None = None, calib_images: int = 128, calib_seed: int = 0,
+                  calib_data: str | None = None, calib_images: int = 64, calib_seed: int = 0,
                   calib_method: str = "max", int8_high_precision: str = "fp32", quantize_depthwise: bool = False,
-                  verify_data: str | None = None,
+                  fp16_reference_images: int = 16, verify_data: str | None = None,
                   verify_images: int = 16, tolerance: float = 1e-4, log=print) -> dict[str, Any]:
     """Export a checkpoint to the FP32 graph and (optionally) its FP16 and INT8 graphs.
 
@@ -62,13 +63,15 @@ def export_graphs(checkpoint: str | Path, onnx_path: str | Path, *, fp16: bool =
         verify = np.random.default_rng(0).standard_normal((4, 3, size, size)).astype(np.float32)
         verified_on = "4 random inputs (no image data given: pass --verify-data for real images)"
     check = compare_with_eager(paths["fp32"], model, verify)
+    del model  # the graph conversions below hold several copies of the graph: free the torch one
+    gc.collect()
     summary["fp32_check"] = {**check, "on": verified_on, "tolerance": tolerance}
     log(f"FP32 graph vs eager on {verified_on}: max |dlogit| {check['max_abs']:.2e}, mean {check['mean_abs']:.2e}")
     if check["max_abs"] > tolerance:
         raise ExportError(f"{paths['fp32']}: max |logit difference| {check['max_abs']:.3g} to eager exceeds {tolerance}")
 
     if fp16:
-        report = convert_fp16(paths["fp32"], paths["fp16"], calibration)
+        report = convert_fp16(paths["fp32"], paths["fp16"], calibration, reference_images=fp16_reference_images)
         summary["graphs"]["fp16"], summary["fp16"] = str(paths["fp16"]), report
         log(f"FP16 graph -> {paths['fp16']}: {report['fp16_nodes']} of {report['compute_nodes']} compute nodes in "
             f"FP16, kept FP32: {report['kept_fp32'] or 'none'}; I/O {report['io']}")
@@ -84,13 +87,18 @@ def export_graphs(checkpoint: str | Path, onnx_path: str | Path, *, fp16: bool =
 
 def _add_calibration_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-data", metavar="SPEC", help="calibration images (default: the checkpoint's training data)")
-    p.add_argument("--calib-images", type=int, default=128, help="number of calibration images")
+    p.add_argument("--calib-images", type=int, default=64,
+                   help="calibration images (INT8; FP16's range check uses the first 16). Calibration keeps "
+                        "activations of every image in memory: lower it for large models")
     p.add_argument("--calib-seed", type=int, default=0, help="seed of the calibration draw")
     p.add_argument("--calib-method", choices=["max", "entropy"], default="max")
     p.add_argument("--int8-high-precision", choices=["fp32", "fp16"], default="fp32",
                    help="precision of the ops INT8 does not cover")
     p.add_argument("--int8-depthwise", action="store_true",
                    help="also quantise depthwise convolutions (kept in high precision by default)")
+    p.add_argument("--fp16-reference-images", type=int, default=16,
+                   help="calibration images FP16's range check runs (it keeps every activation: lower it for "
+                        "large models)")
 
 
 def add_export_parser(sub: argparse._SubParsersAction) -> None:
@@ -114,7 +122,8 @@ def _run_export(args: argparse.Namespace) -> int:
     summary = export_graphs(args.checkpoint, args.output, fp16=args.fp16, int8=args.int8, calib_data=args.calib_data,
                             calib_images=args.calib_images, calib_seed=args.calib_seed, calib_method=args.calib_method,
                             int8_high_precision=args.int8_high_precision, quantize_depthwise=args.int8_depthwise,
-                            verify_data=args.verify_data, tolerance=args.tolerance)
+                            fp16_reference_images=args.fp16_reference_images, verify_data=args.verify_data,
+                            tolerance=args.tolerance)
     report = Path(args.output).with_suffix(".export.json")
     write_json(summary, report)
     print(f"summary written to {report}")
@@ -202,7 +211,6 @@ def _run_parity(args: argparse.Namespace) -> int:
     from .parity import markdown_table, run_parity, write_report
 
     gates = parse_gates(args.gate)
-    model, meta = model_from_checkpoint(args.checkpoint)
     out_dir = Path(args.output) if args.output else Path(args.checkpoint).parent / "parity"
     if args.graphs:
         graphs = graph_paths(args.graphs)
@@ -213,7 +221,9 @@ def _run_parity(args: argparse.Namespace) -> int:
         graphs = graph_paths(out_dir / "graphs" / "model.onnx")
         export_graphs(args.checkpoint, graphs["fp32"], calib_data=args.calib_data, calib_images=args.calib_images,
                       calib_seed=args.calib_seed, calib_method=args.calib_method,
-                      int8_high_precision=args.int8_high_precision, quantize_depthwise=args.int8_depthwise)
+                      int8_high_precision=args.int8_high_precision, quantize_depthwise=args.int8_depthwise,
+                      fp16_reference_images=args.fp16_reference_images)
+    model, meta = model_from_checkpoint(args.checkpoint)
     data = load_data_spec(args.data, label_names=meta.label_names)
     if args.max_images:
         data = data.subset(range(min(args.max_images, len(data))))

@@ -94,7 +94,7 @@ def _quiet_modelopt():
 
 
 def convert_fp16(fp32_path: str | Path, out_path: str | Path, calibration: CalibrationSet | None = None,
-                 *, data_max: float = 512.0) -> dict[str, Any]:
+                 *, data_max: float = 512.0, reference_images: int = 16) -> dict[str, Any]:
     """FP16 graph with FP32 I/O via ModelOpt AutoCast; returns :func:`fp16_report` of it.
 
     Args:
@@ -102,6 +102,8 @@ def convert_fp16(fp32_path: str | Path, out_path: str | Path, calibration: Calib
         out_path: Where the FP16 graph goes.
         calibration: Real images for AutoCast's reference run (random data without them).
         data_max: Nodes whose inputs or outputs exceed this magnitude stay FP32.
+        reference_images: How many calibration images AutoCast's reference run sees: it keeps
+            every intermediate tensor of every image, so memory grows with this number.
 
     Raises:
         ExportError: the FP16 graph gives non-finite logits on the calibration images.
@@ -116,13 +118,14 @@ def convert_fp16(fp32_path: str | Path, out_path: str | Path, calibration: Calib
         calib_file = None
         if calibration is not None:
             calib_file = str(Path(tmp) / "calibration.npz")
-            np.savez(calib_file, **{INPUT_NAME: calibration.images})
+            np.savez(calib_file, **{INPUT_NAME: calibration.images[:reference_images]})
         proto = convert_to_mixed_precision(
             str(fp32_path), low_precision_type="fp16", keep_io_types=True, calibration_data=calib_file,
             data_max=data_max, providers=["cpu"],
         )
-    write_metadata(proto, dataclasses.replace(meta, precision="fp16",
-                                              extra={**meta.extra, "fp16": {"data_max": data_max}}))
+    write_metadata(proto, dataclasses.replace(meta, precision="fp16", extra={
+        **meta.extra, "fp16": {"data_max": data_max,
+                               "reference_images": min(reference_images, len(calibration.images)) if calibration else 0}}))
     onnx.save(proto, str(out_path))
     onnx.checker.check_model(str(out_path))
     if calibration is not None:
