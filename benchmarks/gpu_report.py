@@ -33,22 +33,12 @@ import torch
 HERE = Path(__file__).resolve().parent
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def timed(fn, device: torch.device, reps: int, warmup: int = 3) -> list[float]:
+    """Seconds of each timed call, synchronised (lcie_fast.benchmark.time_calls)."""
+    from lcie_fast.benchmark import time_calls
 
-
-def timed(fn, device, reps: int, warmup: int = 3) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    out = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        out.append(time.perf_counter() - start)
-    return out
+    synchronize = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    return time_calls(fn, synchronize, reps, warmup)
 
 
 def model_section(args, device, lines, report) -> None:
