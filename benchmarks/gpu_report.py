@@ -132,7 +132,7 @@ def training_section(args, device, lines, report) -> None:
         rows.append({"variant": name, "steps": args.train_steps, "batch": args.train_batch,
                      "images_per_s": args.train_batch * len(times) / sum(times),
                      "peak_mib": torch.cuda.max_memory_allocated(device) / 2**20 if gpu else float("nan")})
-        del model, optimizer
+        model = optimizer = step = None  # free this variant's weights before the next is built
     lines += [f"## training steps: {args.preset}, batch {args.train_batch}, {args.train_steps} timed steps (SGD)", "",
               "| variant | images/s | x fp32 | peak MiB |", "|---|---|---|---|"]
     for r in rows:

@@ -16,12 +16,11 @@ from lcie_fast.config import ConfigError
 from lcie_fast.data.datasets import load_data_spec
 from lcie_fast.data.synthetic import make_synthetic_set
 from lcie_fast.data.transforms import Preprocess
-from lcie_fast.metadata import metadata_for
 
 pytest.importorskip("onnx", reason="needs the deploy extra: pip install 'lcie-fast[deploy]'")
 pytest.importorskip("onnxruntime", reason="needs the deploy extra: pip install 'lcie-fast[deploy]'")
 
-from lcie_fast.deploy.export import compare_with_eager, export_onnx, read_metadata  # noqa: E402
+from lcie_fast.deploy.export import compare_with_eager, read_metadata  # noqa: E402
 from lcie_fast.deploy.tensorrt import (  # noqa: E402
     EngineError,
     EngineProfile,

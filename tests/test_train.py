@@ -29,7 +29,7 @@ def _train(args, env_extra=None, torchrun: int = 0, check=True):
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={torchrun}", "--nnodes=1",
-               f"--master_addr=127.0.0.1", f"--master_port={port}", "-m", "lcie_fast", "train", *args]
+               "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "lcie_fast", "train", *args]
     else:
         cmd = [sys.executable, "-m", "lcie_fast", "train", *args]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
