@@ -14,6 +14,10 @@ from .config import ModelConfig, PreprocessConfig, from_dict, to_dict
 
 FORMAT_VERSION = 1
 
+# Model fields added after format 1 was fixed, with the value that reproduces an artefact
+# written before they existed (its weights were built and trained that way).
+LEGACY_MODEL_FIELDS: dict[str, Any] = {"branch_init": "paper", "spatial_norm": "none", "fused_norm": False}
+
 
 class MetadataError(ValueError):
     """Metadata that is missing or malformed, with the field named."""
@@ -80,7 +84,10 @@ class ModelMetadata:
         if missing:
             raise MetadataError(f"metadata lacks field(s) {missing}")
         try:
-            config = from_dict(ModelConfig, data["model_config"], where="model_config.")
+            model_config = data["model_config"]
+            if isinstance(model_config, dict):
+                model_config = {**LEGACY_MODEL_FIELDS, **model_config}
+            config = from_dict(ModelConfig, model_config, where="model_config.")
             return cls(
                 preset=str(data["preset"]),
                 label_names=tuple(str(n) for n in data["label_names"]),

@@ -59,12 +59,53 @@ def test_train_mode_returns_partial_logits_and_eval_mode_logits(tiny_model):
 @pytest.mark.parametrize("share_encoder", [True, False])
 def test_every_trainable_parameter_gets_a_gradient(share_encoder):
     torch.manual_seed(0)
-    model = create_model("lcie_tiny", share_encoder=share_encoder).train()
+    model = create_model("lcie_tiny", share_encoder=share_encoder, branch_init="paper").train()
     targets = (torch.rand(3, model.num_classes) > 0.5).float()
     loss = LCIELoss()(model(_images()), targets)
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
     assert not missing, f"parameters without gradient: {missing}"
+
+
+@pytest.mark.parametrize("share_encoder", [True, False])
+@pytest.mark.parametrize("norms", [False, True])
+def test_zero_branch_init_starts_as_the_lcie_row_and_every_parameter_learns(share_encoder, norms):
+    torch.manual_seed(0)
+    overrides = dict(spatial_norm="layernorm", fused_norm=True) if norms else {}
+    model = create_model("lcie_tiny", share_encoder=share_encoder, branch_init="zero", **overrides).train()
+    out = model.forward_branches(_images())
+    assert out["y_sp"].abs().max() == 0 and out["y_co"].abs().max() == 0
+    torch.testing.assert_close(out["logits"], out["y_ca"])
+    # a zero head passes no gradient back at the first step; after one step every parameter learns
+    targets = (torch.rand(3, model.num_classes) > 0.5).float()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(2):
+        optimizer.zero_grad()
+        LCIELoss()(model(_images()), targets).backward()
+        optimizer.step()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    assert not missing, f"parameters without gradient after one step: {missing}"
+    out = model.forward_branches(_images())
+    assert out["y_sp"].abs().max() > 0 and out["y_co"].abs().max() > 0
+
+
+def test_paper_init_keeps_the_random_branch_outputs_and_shares_all_other_weights():
+    torch.manual_seed(0)
+    paper = create_model("lcie_tiny", branch_init="paper")
+    torch.manual_seed(0)
+    zero = create_model("lcie_tiny", branch_init="zero")
+    differ = [k for k, v in paper.state_dict().items() if not torch.equal(v, zero.state_dict()[k])]
+    assert sorted(differ) == ["head_co.bias", "head_co.weight", "spatial.conv.bias", "spatial.conv.weight"]
+    assert paper.spatial.conv.weight.abs().sum() > 0
+
+
+def test_model_takes_cached_tokens_in_place_of_images(tiny_model):
+    model = tiny_model.eval()
+    images = _images()
+    tokens, _ = model.forward_features(images)
+    torch.testing.assert_close(model(tokens), model(images))
+    with pytest.raises(ValueError, match="image tokens"):
+        model(tokens[:, :-1])
 
 
 def test_partial_branch_drops_round_ratio_tokens_and_reads_inference_token():

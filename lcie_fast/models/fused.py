@@ -26,7 +26,8 @@ class FusedTokenProjections(nn.Module):
     """All token projections of the decoder and spatial branch of ``model`` as one GEMM.
 
     Returns from ``forward(tokens)``: L_ca (B, C, D) (or None without a decoder) and L_sp
-    (B, C, h*w) (or None without the spatial branch).
+    (B, C, h*w) (or None without the spatial branch, or when it normalises its input first:
+    the model then runs its spatial branch itself).
     """
 
     def __init__(self, model: LCIE) -> None:
@@ -36,7 +37,9 @@ class FusedTokenProjections(nn.Module):
         linears = [proj for layer in layers for proj in (layer.cross_attn.k_proj, layer.cross_attn.v_proj)]
         weights = [lin.weight.detach() for lin in linears]
         biases = [lin.bias.detach() for lin in linears]
-        if spatial is not None:
+        # a spatial branch that normalises its input first cannot share the raw-token GEMM
+        fuse_spatial = spatial is not None and spatial.norm is None
+        if fuse_spatial:
             weights.append(spatial.conv.weight.detach().flatten(1))  # (C, D)
             biases.append(spatial.conv.bias.detach())
         weight = torch.cat(weights)  # (6D + C, D)
@@ -52,7 +55,7 @@ class FusedTokenProjections(nn.Module):
         self.register_buffer("bias", bias, persistent=False)
         self.dim = model.dim
         self.num_layers = len(layers)
-        self.has_spatial = spatial is not None
+        self.has_spatial = fuse_spatial
         key_bias = None
         if decoder is not None and decoder.pos is not None:
             # keys see tokens + pos: (tokens + pos) W^T = tokens W^T + pos W^T; add the second term
@@ -99,7 +102,7 @@ def fuse_for_inference(model: LCIE) -> LCIE:
     unchanged. Returns the model.
     """
     model.eval()
-    if model.decoder is None and model.spatial is None:
-        return model
+    if model.decoder is None and (model.spatial is None or model.spatial.norm is not None):
+        return model  # nothing to stack into one GEMM
     model.fused_projections = FusedTokenProjections(model)
     return model

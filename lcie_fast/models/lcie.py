@@ -174,14 +174,24 @@ def sine_position_code(h: int, w: int, dim: int, temperature: float = 10000.0) -
 
 
 class SpatialBranch(nn.Module):
-    """Class-aware spatial features (eq. 4): a 1x1 conv D -> C; the model max-pools them (eq. 5)."""
+    """Class-aware spatial features (eq. 4): a 1x1 conv D -> C; the model max-pools them (eq. 5).
 
-    def __init__(self, dim: int, num_classes: int) -> None:
+    Args:
+        dim: D.
+        num_classes: C.
+        norm: Layer-normalise each image token over its D channels before the conv (the
+            backbone levels fused by MLFF differ in scale); off in the paper.
+    """
+
+    def __init__(self, dim: int, num_classes: int, norm: bool = False) -> None:
         super().__init__()
+        self.norm = nn.LayerNorm(dim) if norm else None
         self.conv = nn.Conv2d(dim, num_classes, kernel_size=1)
 
     def forward(self, x_ml: torch.Tensor) -> torch.Tensor:
         """X_ml (B, D, h, w) -> L_sp (B, C, h*w)."""
+        if self.norm is not None:
+            x_ml = self.norm(x_ml.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (B, D, h, w), normalised over D
         return self.conv(x_ml).flatten(2)  # (B, C, h*w)
 
 
@@ -267,6 +277,10 @@ class LCIE(nn.Module):
         decoder_layers, encoder_layers, num_heads, ffn_dim, dropout, activation: sizes.
         decoder_pos_embed: ``"none"`` or ``"sine"`` (keys of the label decoder).
         mask_ratio: Fraction of label tokens dropped by the partial branch.
+        branch_init: ``"zero"`` starts the spatial conv and the y_co head at zero (the model
+            starts as the LCIE row: y = y_ca); ``"paper"`` keeps their random initialisation.
+        spatial_norm: LayerNorm over the D channels of X_ml before the spatial conv.
+        fused_norm: LayerNorm on the spatial half of each fused label token (eq. 6).
 
     ``forward`` returns logits (B, C) in eval mode and :class:`TrainOutput` in train mode;
     the partial branch never runs in eval mode and never reaches an exported graph.
@@ -292,6 +306,9 @@ class LCIE(nn.Module):
         activation: str = "relu",
         decoder_pos_embed: str = "none",
         mask_ratio: float = 0.1,
+        branch_init: str = "zero",
+        spatial_norm: bool = False,
+        fused_norm: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -317,7 +334,9 @@ class LCIE(nn.Module):
             if lcie else None
         )
         self.head_ca = GroupLinear(num_classes, self.dim) if lcie else None
-        self.spatial = SpatialBranch(self.dim, num_classes) if spatial else None
+        self.spatial = SpatialBranch(self.dim, num_classes, norm=spatial_norm) if spatial else None
+        # only where the fused token feeds an encoder, so every parameter receives a gradient
+        self.fused_norm = nn.LayerNorm(num_tokens) if fused_norm and spatial and (full or partial) else None
         self.baseline_head = nn.Linear(self.dim, num_classes) if not (lcie or spatial) else None
 
         encoder_args = (self.fused_dim, encoder_layers, num_heads, ffn_dim, dropout, activation)
@@ -331,6 +350,8 @@ class LCIE(nn.Module):
             )
         self.fused_projections = None  # set by models.fused.fuse_for_inference
         self._reset_transformer_parameters()
+        if branch_init == "zero":
+            self._zero_branch_outputs()
 
     def _reset_transformer_parameters(self) -> None:
         # Xavier on every Transformer matrix, as DETR and Query2Label initialise theirs.
@@ -340,6 +361,15 @@ class LCIE(nn.Module):
             for name, param in module.named_parameters():
                 if param.dim() > 1 and name.endswith("weight") and "label_embed" not in name and "infer_token" not in name:
                     nn.init.xavier_uniform_(param)
+
+    def _zero_branch_outputs(self) -> None:
+        # y_sp = max of a zero map and y_co = a zero head: y = y_ca at the first step. Gradients
+        # still flow (amax spreads its gradient over tied maxima, the zero head's weight sees
+        # L_co), so each branch grows only as far as it lowers the loss.
+        for module in (self.spatial.conv if self.spatial is not None else None, self.head_co):
+            if module is not None:
+                nn.init.zeros_(module.weight)
+                nn.init.zeros_(module.bias)
 
     def forward_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (B, 3, H, W) -> (image tokens (B, h*w, D), X_ml (B, D, h, w)) (eq. 1)."""
@@ -354,15 +384,32 @@ class LCIE(nn.Module):
             )
         return tokens, x_ml
 
+    def tokens_to_map(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Image tokens (B, h*w, D) -> X_ml (B, D, h, w), a channels-last view of the same values."""
+        b, n, d = tokens.shape
+        if (n, d) != (self.token_hw[0] * self.token_hw[1], self.dim):
+            raise ValueError(
+                f"expected images (B, 3, {self.img_size}, {self.img_size}) or image tokens "
+                f"(B, {self.token_hw[0] * self.token_hw[1]}, {self.dim}); got {tuple(tokens.shape)}"
+            )
+        return tokens.transpose(1, 2).unflatten(2, self.token_hw)  # (B, D, h, w)
+
     def forward_branches(self, images: torch.Tensor, with_partial: bool | None = None) -> dict[str, torch.Tensor]:
         """Every intermediate of eq. 1-11 by name (for tests, analysis and the trainer).
 
+        Args:
+            images: Images (B, 3, H, W), or the image tokens (B, h*w, D) that
+                :meth:`forward_features` returns (a frozen backbone's cached features).
+            with_partial: Run the partial branch; defaults to ``self.training``.
+
         Keys (present when the module is on): ``tokens``, ``x_ml``, ``l_ca``, ``y_ca``,
         ``l_sp``, ``y_sp``, ``fused``, ``l_co``, ``y_co``, ``y_infer``, ``logits``.
-        ``with_partial`` defaults to ``self.training``.
         """
         out: dict[str, torch.Tensor] = {}
-        tokens, x_ml = self.forward_features(images)  # (B, h*w, D), (B, D, h, w)
+        if images.dim() == 3:  # cached image tokens
+            tokens, x_ml = images, self.tokens_to_map(images)  # (B, h*w, D), (B, D, h, w)
+        else:
+            tokens, x_ml = self.forward_features(images)  # (B, h*w, D), (B, D, h, w)
         out["tokens"], out["x_ml"] = tokens, x_ml
         if self.baseline_head is not None:
             out["logits"] = self.baseline_head(x_ml.mean(dim=(2, 3)))  # (B, C)
@@ -370,7 +417,9 @@ class LCIE(nn.Module):
         parts, logits = [], []
         if self.fused_projections is not None and not self.training:
             # inference rewrite (models/fused.py): one GEMM for every token projection
-            l_ca, l_sp = self.fused_projections(tokens)  # (B, C, D), (B, C, h*w)
+            l_ca, l_sp = self.fused_projections(tokens)  # (B, C, D), (B, C, h*w) or None
+            if l_sp is None and self.spatial is not None:  # a normalised spatial input is not fused
+                l_sp = self.spatial(x_ml)  # (B, C, h*w)
         else:
             l_ca = self.decoder(tokens) if self.decoder is not None else None  # (B, C, D)
             l_sp = self.spatial(x_ml) if self.spatial is not None else None  # (B, C, h*w)
@@ -381,7 +430,8 @@ class LCIE(nn.Module):
             logits.append(out["y_ca"])
         if l_sp is not None:
             out["l_sp"], out["y_sp"] = l_sp, l_sp.amax(dim=-1)  # (B, C, h*w), (B, C)
-            parts.append(l_sp.to(parts[0].dtype) if parts else l_sp)
+            spatial_half = self.fused_norm(l_sp) if self.fused_norm is not None else l_sp  # (B, C, h*w)
+            parts.append(spatial_half.to(parts[0].dtype) if parts else spatial_half)
             logits.append(out["y_sp"])
         fused = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)  # (B, C, E)
         out["fused"] = fused
@@ -395,7 +445,8 @@ class LCIE(nn.Module):
         return out
 
     def forward(self, images: torch.Tensor) -> torch.Tensor | TrainOutput:
-        """Images (B, 3, H, W) -> logits (B, C); in train mode a TrainOutput(logits, y_infer)."""
+        """Images (B, 3, H, W), or their image tokens (B, h*w, D) from a feature cache -> logits
+        (B, C); in train mode a TrainOutput(logits, y_infer)."""
         out = self.forward_branches(images)
         if self.training:
             return TrainOutput(out["logits"], out.get("y_infer"))
@@ -428,6 +479,9 @@ def build(config: ModelConfig, pretrained: bool | str | Path | None = None) -> L
         activation=config.activation,
         decoder_pos_embed=config.decoder_pos_embed,
         mask_ratio=config.mask_ratio,
+        branch_init=config.branch_init,
+        spatial_norm=config.spatial_norm == "layernorm",
+        fused_norm=config.fused_norm,
     )
     if config.preprocess is not None and config.preprocess.input_size != config.img_size:
         raise ValueError(

@@ -1,11 +1,13 @@
 """The LCIE training loss (paper eq. 12-13): alpha * BCE(y) + beta * BCE(y_infer), masked.
 
-Normalisation (stated, and the same for both terms): the binary cross-entropy of every known
-(image, label) pair is summed and divided by the number of known pairs (``"mean"``). With
-full labels that is the mean over B x C entries, eq. 12 divided by C. ``"sum"`` instead
-divides by the number of images only: eq. 12 exactly, averaged over the batch. Unknown labels
-(partial-label training) are masked out of both the sum and the count. The loss is computed
-in fp32 whatever the autocast dtype of the logits.
+Normalisation (stated, and the same for both terms): ``"sum"`` (the default) sums the binary
+cross-entropy of every known (image, label) pair and divides by the number of images: eq. 12
+exactly, averaged over the batch, the scale the paper's SGD learning rate was set for.
+``"mean"`` divides by the number of known pairs instead: with full labels the mean over B x C
+entries, eq. 12 divided by C, which under SGD is a C-times lower effective learning rate (AdamW
+is indifferent to the scale). Unknown labels (partial-label training) are masked out of the sum
+(and of the count, for ``"mean"``). The loss is computed in fp32 whatever the autocast dtype of
+the logits.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ class LCIELoss(nn.Module):
     Args:
         alpha: Weight of the final logits' loss (paper: 1.0).
         beta: Weight of the partial branch's loss (paper: 0.1).
-        normalization: ``"mean"`` over known pairs, or ``"sum"`` over labels then mean over
-            images (see the module docstring).
+        normalization: ``"sum"`` over labels then mean over images (eq. 12, the default), or
+            ``"mean"`` over known pairs (see the module docstring).
     """
 
-    def __init__(self, alpha: float = 1.0, beta: float = 0.1, normalization: str = "mean") -> None:
+    def __init__(self, alpha: float = 1.0, beta: float = 0.1, normalization: str = "sum") -> None:
         super().__init__()
         if normalization not in ("mean", "sum"):
             raise ValueError(f"normalization must be 'mean' or 'sum', got {normalization!r}")

@@ -30,6 +30,23 @@ def lcie_swinl_384() -> ModelConfig:
     return ModelConfig(backbone="swin_large_patch4_window12_384", img_size=384, num_classes=80)
 
 
+# Table 3's first row on the same backbones: the baseline every LCIE model should beat. Trained,
+# evaluated, exported and served with the same commands (``--model baseline_effl0_448``).
+BASELINE = dict(mlff=False, lcie=False, spatial=False, full=False, partial=False)
+
+
+@register_model
+def baseline_effl0_448() -> ModelConfig:
+    """EfficientNet-Lite0 + global average pooling + one linear layer (Table 3, first row)."""
+    return ModelConfig(backbone="tf_efficientnet_lite0", img_size=448, num_classes=80, **BASELINE)
+
+
+@register_model
+def baseline_r101_448() -> ModelConfig:
+    """ResNet-101 + global average pooling + one linear layer (Table 3, first row: 79.1 mAP on COCO)."""
+    return ModelConfig(backbone="resnet101", img_size=448, num_classes=80, **BASELINE)
+
+
 @register_model
 def lcie_tiny() -> ModelConfig:
     """A few-thousand-parameter model for tests: timm's ``test_efficientnet`` at 64x64."""
