@@ -77,6 +77,14 @@ class ModelConfig:
         activation: ``"relu"`` or ``"gelu"`` in the FFNs.
         decoder_pos_embed: ``"none"``, or ``"sine"`` to add a fixed 2-D sine code to the keys.
         mask_ratio: Fraction of label tokens the partial branch drops (rounded half up).
+        branch_init: ``"zero"``: the spatial conv and the full-label head y_co start at zero, so
+            the model starts as the LCIE row of Table 3 (y = y_ca) and the spatial and
+            correlation branches must earn their contribution; ``"paper"``: every layer keeps
+            its default random initialisation (before issue 9's change; y_sp then starts large).
+        spatial_norm: ``"layernorm"`` normalises each token of X_ml over its D channels before
+            the spatial conv (the fused backbone levels differ in scale); ``"none"`` (paper).
+        fused_norm: LayerNorm on the spatial half L_sp of each fused label token (eq. 6), so it
+            enters the encoder at the scale of the layer-normalised L_ca half; off = paper.
         backbone_kwargs: Extra keyword arguments for ``timm.create_model``.
         preprocess: Input preprocessing; ``None`` asks the builder to take the backbone's.
     """
@@ -99,6 +107,9 @@ class ModelConfig:
     activation: str = "relu"
     decoder_pos_embed: str = "none"
     mask_ratio: float = 0.1
+    branch_init: str = "zero"
+    spatial_norm: str = "none"
+    fused_norm: bool = False
     backbone_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     preprocess: PreprocessConfig | None = None
 
@@ -111,6 +122,10 @@ class ModelConfig:
             raise ConfigError(
                 f"model.decoder_pos_embed must be 'none' or 'sine', got {self.decoder_pos_embed!r}"
             )
+        if self.branch_init not in ("zero", "paper"):
+            raise ConfigError(f"model.branch_init must be 'zero' or 'paper', got {self.branch_init!r}")
+        if self.spatial_norm not in ("none", "layernorm"):
+            raise ConfigError(f"model.spatial_norm must be 'none' or 'layernorm', got {self.spatial_norm!r}")
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ConfigError(f"model.mask_ratio must be in [0, 1), got {self.mask_ratio}")
         if not 0.0 <= self.dropout < 1.0:
@@ -248,6 +263,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+        value = raw.strip()  # YAML 1.1 reads on/off/yes/no as booleans: train.amp=off means "off"
     return key.strip().split("."), value
 
 
@@ -282,6 +299,10 @@ class DataConfig:
         loader: ``auto`` (DALI on a GPU when installed, else torch), ``torch`` or ``dali``.
         workers: Decoder processes (torch loader) or threads (DALI).
         on_error: ``raise`` on manifest problems, or ``skip`` bad rows with a report.
+        augment: Training augmentation policy after the resize and flip: ``none``,
+            ``trivialaugment`` (torchvision's TrivialAugmentWide) or ``randaugment``.
+        crop_scale: (low, high) area fraction of a random resized crop before the resize;
+            [1, 1] (default) keeps the whole image, as the paper does.
     """
 
     train: str = ""
@@ -291,8 +312,14 @@ class DataConfig:
     loader: str = "auto"
     workers: int = 2
     on_error: str = "raise"
+    augment: str = "none"
+    crop_scale: tuple[float, float] = (1.0, 1.0)
 
     def __post_init__(self) -> None:
+        if self.augment not in ("none", "trivialaugment", "randaugment"):
+            raise ConfigError(f"data.augment must be none, trivialaugment or randaugment, got {self.augment!r}")
+        if len(self.crop_scale) != 2 or not 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0:
+            raise ConfigError(f"data.crop_scale must be [low, high] with 0 < low <= high <= 1, got {list(self.crop_scale)}")
         if self.loader not in ("auto", "torch", "dali"):
             raise ConfigError(f"data.loader must be auto, torch or dali, got {self.loader!r}")
         if self.on_error not in ("raise", "skip"):
@@ -328,11 +355,26 @@ class TrainConfig:
         channels_last: Model and inputs in channels-last memory format.
         compile: Run the training forward through ``torch.compile``.
         freeze_backbone: Train the heads only (backbone weights and BatchNorm statistics frozen).
+        freeze_bn: Keep the backbone's BatchNorm statistics (and affine weights) at their
+            pretrained values while the rest of the backbone trains: small batches give noisy
+            batch statistics, which drift the running averages the model is evaluated with.
+        cache_features: With ``freeze_backbone``, compute the backbone's image tokens of every
+            training image (both flips) and validation image once, and train the heads on them:
+            the same result several times faster. Needs the tokens in host memory (the trainer
+            says how much) and no augmentation.
+        feature_cache_dir: Also keep those tokens in this folder, for later runs on the same
+            data and backbone ('' = memory only).
         backbone_lr_mult: Backbone learning rate = lr x this.
         loss_alpha, loss_beta: Weights of BCE(y) and BCE(y_infer) (paper: 1.0, 0.1).
-        loss_normalization: ``mean`` over known labels or ``sum`` per image (see the loss module).
+        loss_normalization: ``sum`` over labels, mean over images (eq. 12 as written: the
+            learning rates of the paper's SGD recipe assume it) or ``mean`` over known labels
+            (eq. 12 / C: a C-times lower effective SGD learning rate; AdamW is indifferent).
         seed: Seed of initialisation, data order, flips, dropout and token dropping.
         eval_every: Evaluate every this many epochs (and after the last).
+        select: Which weights ``best.pt`` holds: ``best`` (highest validation mAP, of the model
+            or its EMA; point ``data.val`` at a held-out slice of the training data, not at the
+            split you report) or ``last`` (the final weights, the EMA's when ``ema`` is on: no
+            choice made on the validation data, which is then only monitored).
         checkpoint_every_steps: Also checkpoint within an epoch every this many steps (0 = off).
         max_steps_per_epoch: Cap on steps per epoch (0 = the whole set): short runs and demos.
         log_every: Steps between log lines.
@@ -357,12 +399,16 @@ class TrainConfig:
     channels_last: bool = True
     compile: bool = False
     freeze_backbone: bool = False
+    freeze_bn: bool = False
+    cache_features: bool = False
+    feature_cache_dir: str = ""
     backbone_lr_mult: float = 1.0
     loss_alpha: float = 1.0
     loss_beta: float = 0.1
-    loss_normalization: str = "mean"
+    loss_normalization: str = "sum"
     seed: int = 0
     eval_every: int = 1
+    select: str = "best"
     checkpoint_every_steps: int = 0
     max_steps_per_epoch: int = 0
     log_every: int = 10
@@ -371,7 +417,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         choices = {"optimizer": ("sgd", "adamw"), "schedule": ("step", "onecycle", "constant"),
-                   "amp": ("auto", "bf16", "fp16", "off"), "loss_normalization": ("mean", "sum")}
+                   "amp": ("auto", "bf16", "fp16", "off"), "loss_normalization": ("mean", "sum"),
+                   "select": ("best", "last")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"train.{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -379,6 +426,9 @@ class TrainConfig:
             raise ConfigError("train.epochs and train.batch_size must be >= 1")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        if self.cache_features and not self.freeze_backbone:
+            raise ConfigError("train.cache_features needs train.freeze_backbone=true (a training backbone's "
+                              "features change every step)")
 
 
 @dataclasses.dataclass(frozen=True)

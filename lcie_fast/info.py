@@ -38,6 +38,12 @@ def cpu_has_vnni() -> bool:
     return bool(flags & {"avx512_vnni", "avx_vnni", "avx512vnni"})
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX-512 BF16 or AMX): bf16 autocast then
+    roughly doubles CPU training speed; elsewhere it is emulated and slower than fp32."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
 def devices() -> dict[str, Any]:
     """CPU and CUDA devices visible to torch."""
     import os
@@ -49,6 +55,7 @@ def devices() -> dict[str, Any]:
         "cpu_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "cpu_vnni": cpu_has_vnni(),
+        "cpu_bf16": cpu_has_native_bf16(),
         "cuda_available": torch.cuda.is_available(),
         "cuda_build": torch.version.cuda,
         "gpus": [],
@@ -161,7 +168,7 @@ def format_environment(report: dict[str, Any]) -> str:
     dev = report["devices"]
     lines.append("devices:")
     lines.append(f"  cpu        {dev['cpu']} ({dev['cpu_count']} cores, torch threads {dev['cpu_threads']}, "
-                 f"VNNI {'yes' if dev['cpu_vnni'] else 'no'})")
+                 f"VNNI {'yes' if dev['cpu_vnni'] else 'no'}, native bf16 {'yes' if dev['cpu_bf16'] else 'no'})")
     if dev["gpus"]:
         for gpu in dev["gpus"]:
             lines.append(f"  cuda:{gpu['index']}     {gpu['name']} (sm {gpu['compute_capability']}, {gpu['memory_gib']} GiB)")

@@ -19,6 +19,7 @@ from lcie_fast.data.datasets import (
     load_voc2007,
 )
 from lcie_fast.data.partial import drop_labels
+from lcie_fast.data.synthetic import make_synthetic_set
 
 
 def _image(path, size=(8, 6)):
@@ -215,3 +216,22 @@ def test_partial_protocol_statistics_and_determinism():
         assert np.array_equal(out.targets[known], data.targets[kept][known])
     with pytest.raises(ValueError):
         drop_labels(data, 1.0, seed=0)
+
+
+def test_holdout_subsets_partition_a_spec_and_are_seeded(tmp_path):
+    from lcie_fast.data.datasets import ManifestError
+
+    root = make_synthetic_set(tmp_path, splits={"train": 30}, size=32)
+    spec = str(root / "train")
+    whole = load_data_spec(spec)
+    fit = load_data_spec(spec + "?holdout=0.2&subset=fit")
+    held = load_data_spec(spec + "?holdout=0.2&subset=holdout")
+    assert (len(fit), len(held)) == (24, 6)
+    assert sorted(fit.paths + held.paths) == sorted(whole.paths) and not set(fit.paths) & set(held.paths)
+    assert load_data_spec(spec + "?holdout=0.2&subset=holdout").paths == held.paths
+    assert load_data_spec(spec + "?holdout=0.2&subset=holdout&holdout_seed=1").paths != held.paths
+    for row, path in zip(held.targets, held.paths):  # targets travel with their images
+        assert (row == whole.targets[whole.paths.index(path)]).all()
+    with pytest.raises(ManifestError, match="holdout must be a fraction") as err:
+        load_data_spec(spec + "?holdout=1.5&subset=fitt")
+    assert "subset must be fit or holdout" in str(err.value)

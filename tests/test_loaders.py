@@ -202,3 +202,70 @@ def test_dali_loader_on_real_photos(traffic5):
         levels = (x.images - y.images).abs() * 0.5 * 255
         print(f"traffic5 DALI vs torch: mean {levels.mean():.3f} grey levels")
         assert levels.mean() <= 0.5
+
+
+# --------------------------------------------------------------------------- augmentation
+def test_augmentation_is_a_pure_function_of_seed_epoch_and_index(synthetic):
+    from lcie_fast.data.augment import Augment
+
+    augment = Augment("trivialaugment", crop_scale=(0.5, 1.0))
+    plain = _collect(TorchLoader(synthetic, PRE, 4, train=True, workers=0, seed=5))
+    inline = _collect(TorchLoader(synthetic, PRE, 4, train=True, workers=0, seed=5, augment=augment))
+    workers = _collect(TorchLoader(synthetic, PRE, 4, train=True, workers=2, seed=5, augment=augment))
+    again = _collect(TorchLoader(synthetic, PRE, 4, train=True, workers=0, seed=5, augment=augment))
+    other_epoch = _collect(TorchLoader(synthetic, PRE, 4, train=True, workers=0, seed=5, augment=augment), epoch=2)
+    for a, b, c, p in zip(inline, workers, again, plain):
+        assert torch.equal(a.indices, b.indices) and torch.equal(a.indices, p.indices)
+        assert torch.equal(a.images, b.images) and torch.equal(a.images, c.images)
+    changed = sum(not torch.equal(a.images, p.images) for a, p in zip(inline, plain))
+    assert changed == len(plain)  # every batch was augmented
+    assert any(not torch.equal(a.images, o.images) for a, o in zip(inline, other_epoch))
+    # evaluation loaders never augment
+    evaluation = _collect(TorchLoader(synthetic, PRE, 6, train=False, workers=0, augment=augment))
+    torch.testing.assert_close(evaluation[0].images[:1], PRE.normalize(PRE.load(synthetic.paths[0]).unsqueeze(0)))
+    # and the caller's random stream is untouched by the policy's draws
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    _collect(TorchLoader(synthetic, PRE, 4, train=True, workers=0, seed=5, augment=augment))
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_crop_windows_follow_the_scale_range_and_stay_inside():
+    from lcie_fast.data.augment import Augment, sample_seed
+
+    augment = Augment("none", crop_scale=(0.6, 0.9))
+    areas = []
+    for index in range(300):
+        window = augment.crop_window(sample_seed(0, 1, index))
+        top, left, h, w = window.pixels(480, 640)
+        assert 0 <= top and top + h <= 480 and 0 <= left and left + w <= 640
+        areas.append(window.height * window.width)
+    assert 0.6 - 1e-9 <= min(areas) and max(areas) <= 0.9 + 1e-9
+    assert Augment("none").crop_window(7).is_full and not Augment("none").active
+    with pytest.raises(ValueError, match="crop_scale"):
+        Augment("none", crop_scale=(0.0, 1.0))
+    with pytest.raises(ValueError, match="policy"):
+        Augment("autoaugment")
+
+
+@pytest.mark.dali
+def test_dali_crops_the_same_windows_as_the_torch_loader(synthetic):
+    """Contract as for unaugmented batches: mean |diff| <= 0.5 grey levels, same order."""
+    from lcie_fast.data.augment import Augment
+    from lcie_fast.data.dali import DaliLoader
+
+    augment = Augment("none", crop_scale=(0.4, 0.8))
+    torch_batches = _collect(TorchLoader(synthetic, PRE, 6, train=True, workers=0, seed=9, augment=augment))
+    dali_batches = _collect(DaliLoader(synthetic, PRE, 6, train=True, seed=9, threads=2, augment=augment))
+    plain = _collect(TorchLoader(synthetic, PRE, 6, train=True, workers=0, seed=9))
+    std = torch.tensor(PRE.config.std).view(1, 3, 1, 1)
+    for a, b, p in zip(torch_batches, dali_batches, plain):
+        assert torch.equal(a.indices, b.indices)
+        levels = ((a.images - b.images).abs() * std * 255).flatten()
+        uncropped = ((p.images - b.images).abs() * std * 255).flatten()
+        print(f"cropped DALI vs torch: mean {levels.mean():.3f} grey levels (vs the uncropped image: {uncropped.mean():.2f})")
+        assert levels.mean() <= 0.5 < uncropped.mean()
+    policy = DaliLoader(synthetic, PRE, 6, train=True, seed=9, threads=2, augment=Augment("trivialaugment", (0.5, 1)))
+    batch = next(iter(policy))
+    assert batch.images.shape == (6, 3, 64, 64) and torch.isfinite(batch.images).all()

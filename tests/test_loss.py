@@ -19,20 +19,20 @@ def _batch(seed: int = 0):
 
 def test_weights_combine_both_terms():
     logits, infer, targets = _batch()
-    loss = LCIELoss(alpha=1.0, beta=0.1)((logits, infer), targets)
+    loss = LCIELoss(alpha=1.0, beta=0.1, normalization="mean")((logits, infer), targets)
     expected = F.binary_cross_entropy_with_logits(logits, targets) + 0.1 * F.binary_cross_entropy_with_logits(infer, targets)
     torch.testing.assert_close(loss, expected)
-    only_final = LCIELoss(alpha=2.0, beta=0.0)((logits, infer), targets)
+    only_final = LCIELoss(alpha=2.0, beta=0.0, normalization="mean")((logits, infer), targets)
     torch.testing.assert_close(only_final, 2.0 * F.binary_cross_entropy_with_logits(logits, targets))
     # eval-mode outputs (a bare tensor) carry no partial term
-    torch.testing.assert_close(LCIELoss()(logits, targets), F.binary_cross_entropy_with_logits(logits, targets))
+    torch.testing.assert_close(LCIELoss(normalization="mean")(logits, targets), F.binary_cross_entropy_with_logits(logits, targets))
 
 
 def test_mask_removes_unknown_labels_from_sum_and_count():
     logits, infer, targets = _batch(1)
     mask = torch.ones_like(targets)
     mask[:, :2] = 0  # first two labels unknown in every image
-    masked = LCIELoss(beta=0.0)(logits, targets, mask)
+    masked = LCIELoss(beta=0.0, normalization="mean")(logits, targets, mask)
     subset = F.binary_cross_entropy_with_logits(logits[:, 2:], targets[:, 2:])
     torch.testing.assert_close(masked, subset)
     # what an unknown label's target says must not matter

@@ -8,6 +8,13 @@ uint8) -> ``flip`` -> ``crop_mirror_normalize`` (float, HWC) -> a (B, S, S, 3) t
 
 Without a GPU the same graph runs CPU-only (``device_id=None``, decode on ``"cpu"``).
 
+Training augmentation (:mod:`lcie_fast.data.augment`): the random resized crop window of each
+sample is drawn on the host from (seed, epoch, index), exactly as for the torch loader, turned
+into pixels from the image header and applied with ``fn.slice`` after decoding; the policy is
+DALI's own ``auto_aug`` TrivialAugmentWide / RandAugment (GPU-side, DALI's random stream seeded
+from the run seed: the same distribution of operations as torchvision's, not the same draws, so
+a resumed DALI run replays the order, flips and crops exactly and the policy's draws anew).
+
 A corrupt image stops a DALI pipeline for the whole batch. The loader then rebuilds the
 pipeline, finds the culprits with the PIL decoder, reports them in ``Batch.failed`` and
 reruns the batch without them; an image DALI refuses but PIL decodes is decoded by PIL.
@@ -17,15 +24,17 @@ Nothing is lost and nothing is fatal.
 from __future__ import annotations
 
 import collections
+import warnings
 from typing import Iterator
 
 import numpy as np
 import torch
 
 from .._optional import require
+from .augment import Augment, sample_seed
 from .datasets import MultiLabelSet
 from .loader import Batch, EpochSampler
-from .transforms import ImageDecodeError, Preprocess, decode_image
+from .transforms import ImageDecodeError, Preprocess, decode_image, image_header_size
 
 
 def dali_unavailable_reason() -> str:
@@ -37,21 +46,36 @@ def dali_unavailable_reason() -> str:
     return ""
 
 
-def _build_pipeline(preprocess: Preprocess, batch_size: int, device_id: int | None, threads: int):
+def _build_pipeline(preprocess: Preprocess, batch_size: int, device_id: int | None, threads: int,
+                    augment: Augment | None = None, seed: int = 0):
     dali = require("nvidia.dali", "the DALI loader")
     fn, types = dali.fn, dali.types
     config = preprocess.config
     interp = types.INTERP_LINEAR if config.interpolation == "bilinear" else types.INTERP_CUBIC
+    policy = augment.policy_name if augment is not None else "none"
 
     @dali.pipeline_def(batch_size=batch_size, num_threads=threads, device_id=device_id, prefetch_queue_depth=1,
-                       exec_dynamic=True)
+                       exec_dynamic=True, enable_conditionals=policy != "none", seed=seed)
     def pipeline():
         encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
         flip = fn.external_source(name="flip", dtype=types.INT32, ndim=0)
         images = fn.decoders.image(encoded, device="mixed" if device_id is not None else "cpu", output_type=types.RGB)
+        if augment is not None:  # crop windows in pixels, (top, left) and (height, width)
+            anchor = fn.external_source(name="crop_anchor", dtype=types.INT32, ndim=1)
+            shape = fn.external_source(name="crop_shape", dtype=types.INT32, ndim=1)
+            images = fn.slice(images, anchor, shape, axis_names="HW")
         images = fn.resize(images, resize_x=config.input_size, resize_y=config.input_size, interp_type=interp,
                            antialias=True)
         images = fn.flip(images, horizontal=flip)
+        if policy != "none":
+            with warnings.catch_warnings():  # DALI's auto_aug still calls its own deprecated aliases
+                warnings.simplefilter("ignore", DeprecationWarning)
+                from nvidia.dali.auto_aug import rand_augment, trivial_augment
+
+                if policy == "trivialaugment":
+                    images = trivial_augment.trivial_augment_wide(images, shape=[config.input_size] * 2)
+                else:
+                    images = rand_augment.rand_augment(images, n=2, m=9, shape=[config.input_size] * 2)
         return fn.crop_mirror_normalize(
             images, dtype=types.FLOAT, output_layout="HWC",
             mean=[255.0 * m for m in config.mean], std=[255.0 * s for s in config.std],
@@ -69,11 +93,12 @@ class DaliLoader:
         data, preprocess, batch_size, train, seed, device, rank, world_size: as TorchLoader.
         threads: DALI CPU threads.
         prefetch: Batches in flight ahead of the one being consumed.
+        augment: Training augmentation (only used when ``train``).
     """
 
     def __init__(self, data: MultiLabelSet, preprocess: Preprocess, batch_size: int, *, train: bool, seed: int = 0,
                  device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1, threads: int = 2,
-                 prefetch: int = 1, channels_last: bool = True) -> None:
+                 prefetch: int = 1, channels_last: bool = True, augment: Augment | None = None) -> None:
         self.data = data
         self.preprocess = preprocess
         self.batch_size = batch_size
@@ -84,7 +109,12 @@ class DaliLoader:
         self.prefetch = prefetch
         self.channels_last = channels_last
         self.sampler = EpochSampler(len(data), rank=rank, world_size=world_size, seed=seed, shuffle=train, flip=train)
-        self.pipe = _build_pipeline(preprocess, batch_size, self.device_id, threads)
+        self.augment = augment if train and augment is not None and augment.active else None
+        self.seed = seed * 1000 + rank  # DALI's own random stream (augmentation policy only)
+        self.pipe = self._new_pipeline()
+
+    def _new_pipeline(self):
+        return _build_pipeline(self.preprocess, self.batch_size, self.device_id, self.threads, self.augment, self.seed)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.sampler.set_epoch(epoch, start=start_batch * self.batch_size)
@@ -105,7 +135,7 @@ class DaliLoader:
 
     def _read(self, requests: list[tuple[int, bool]]) -> dict:
         """Read encoded bytes; unreadable or empty files fail here, before DALI sees them."""
-        items, failed = [], []
+        items, failed, windows = [], [], []
         for index, flip in requests:
             path = self.data.paths[index]
             try:
@@ -116,26 +146,38 @@ class DaliLoader:
             if encoded.size == 0:
                 failed.append((index, path, f"{path}: empty file (zero bytes)"))
                 continue
+            if self.augment is not None:
+                try:
+                    height, width = image_header_size(encoded.tobytes(), path)
+                except ImageDecodeError as err:
+                    failed.append((index, path, str(err)))
+                    continue
+                window = self.augment.crop_window(sample_seed(self.sampler.seed, self.sampler.epoch, index))
+                windows.append(window.pixels(height, width))
             items.append((index, flip, encoded))
-        return {"items": items, "failed": failed}
+        return {"items": items, "failed": failed, "windows": windows}
 
     def _feed(self, batch: dict) -> None:
         if batch["items"]:
             self.pipe.feed_input("encoded", [item[2] for item in batch["items"]])
             self.pipe.feed_input("flip", [np.array(int(item[1]), dtype=np.int32) for item in batch["items"]])
+            if self.augment is not None:
+                self.pipe.feed_input("crop_anchor", [np.array(w[:2], dtype=np.int32) for w in batch["windows"]])
+                self.pipe.feed_input("crop_shape", [np.array(w[2:], dtype=np.int32) for w in batch["windows"]])
             self.pipe.schedule_run()
 
     def _screen(self, batch: dict) -> None:
         """After a pipeline failure: move images PIL cannot decode to ``failed``."""
-        kept = []
-        for index, flip, encoded in batch["items"]:
+        kept, windows = [], []
+        for i, (index, flip, encoded) in enumerate(batch["items"]):
             try:
                 decode_image(encoded.tobytes(), self.preprocess.max_pixels)
                 kept.append((index, flip, encoded))
+                windows.extend(batch["windows"][i:i + 1])
             except ImageDecodeError as err:
                 path = self.data.paths[index]
                 batch["failed"].append((index, path, str(err).replace("<bytes>", path, 1)))
-        batch["items"] = kept
+        batch["items"], batch["windows"] = kept, windows
 
     def _to_batch(self, batch: dict, images: torch.Tensor) -> Batch:
         indices = torch.tensor([item[0] for item in batch["items"]], dtype=torch.int64)
@@ -155,6 +197,14 @@ class DaliLoader:
         return images if self.channels_last else images.contiguous()
 
     def _pil_fallback(self, batch: dict) -> torch.Tensor:
+        from .loader import ImageDataset
+
+        if self.augment is not None:  # the torch loader's augmentation, same crop windows
+            dataset = ImageDataset(self.data, self.preprocess, self.augment)
+            seeds = [sample_seed(self.sampler.seed, self.sampler.epoch, item[0]) for item in batch["items"]]
+            images = torch.stack([dataset.augmented(item[2].tobytes(), item[1], seed)
+                                  for item, seed in zip(batch["items"], seeds)])
+            return self.preprocess.normalize(images.to(self.device), channels_last=self.channels_last)
         images = torch.stack([self.preprocess.load(item[2].tobytes(), flip=item[1]) for item in batch["items"]])
         return self.preprocess.normalize(images.to(self.device), channels_last=self.channels_last)
 
@@ -189,7 +239,7 @@ class DaliLoader:
 
     def _recover(self, batch: dict, pending: collections.deque) -> torch.Tensor:
         """A batch failed in DALI: rebuild, drop what PIL cannot decode, rerun everything in flight."""
-        self.pipe = _build_pipeline(self.preprocess, self.batch_size, self.device_id, self.threads)
+        self.pipe = self._new_pipeline()
         self._screen(batch)
         images = self._empty()
         if batch["items"]:
@@ -197,7 +247,7 @@ class DaliLoader:
             try:
                 images = self._outputs(batch)
             except RuntimeError:  # DALI refuses what PIL decodes: decode this batch with PIL
-                self.pipe = _build_pipeline(self.preprocess, self.batch_size, self.device_id, self.threads)
+                self.pipe = self._new_pipeline()
                 images = self._pil_fallback(batch)
         for later in pending:  # their runs were lost with the old pipeline
             self._feed(later)

@@ -15,6 +15,11 @@ A *data spec* names a dataset on the command line and in YAML configs:
 - ``csv:FILE``, ``jsonl:FILE``, ``coco:ROOT``, ``voc:ROOT``, ``nuswide:ROOT``, each optionally
   followed by ``?key=value&...`` (``split=``, ``images=``, ``annotated_only=1``,
   ``on_error=skip``, ``labels=a,b,c``).
+
+Any spec also takes ``holdout=F&subset=fit|holdout[&holdout_seed=S]``: a seeded random fraction
+F of its images is held out (``subset=holdout``) and the rest is kept for fitting
+(``subset=fit``), so settings can be chosen on a slice of a training split and never on the
+split that is reported. The two subsets partition the set for any F and seed.
 """
 
 from __future__ import annotations
@@ -388,10 +393,35 @@ def load_data_spec(spec: str, label_names: Sequence[str] | None = None, on_error
         data = load_voc2007(path, split=options.pop("split", "trainval"), on_error=on_error)
     else:
         data = load_nuswide(path, split=options.pop("split", "train"), on_error=on_error)
+    data = _holdout_subset(spec, data, options)
     if options:
         raise ManifestError(spec, [f"unknown option(s) {sorted(options)} for {kind}"])
     data.source = spec
     return data.aligned_to(label_names) if label_names is not None else data
+
+
+def _holdout_subset(spec: str, data: MultiLabelSet, options: dict[str, str]) -> MultiLabelSet:
+    """Apply the ``holdout``/``subset``/``holdout_seed`` options (popped from ``options``)."""
+    fraction, subset, seed = options.pop("holdout", None), options.pop("subset", None), options.pop("holdout_seed", "0")
+    if fraction is None and subset is None:
+        return data
+    problems = []
+    try:
+        share = float(fraction) if fraction is not None else float("nan")
+    except ValueError:
+        share = float("nan")
+    if not 0.0 < share < 1.0:
+        problems.append(f"holdout must be a fraction in (0, 1), got {fraction!r}")
+    if subset not in ("fit", "holdout"):
+        problems.append(f"subset must be fit or holdout, got {subset!r}")
+    if not seed.isdigit():
+        problems.append(f"holdout_seed must be a non-negative integer, got {seed!r}")
+    if problems:
+        raise ManifestError(spec, problems)
+    order = np.random.default_rng(int(seed)).permutation(len(data))
+    cut = int(round(share * len(data)))
+    chosen = np.sort(order[:cut] if subset == "holdout" else order[cut:])
+    return data.subset(chosen)
 
 
 def manifest_paths(path: str | Path) -> list[str]:

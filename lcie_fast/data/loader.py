@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .augment import Augment, sample_seed
 from .datasets import MultiLabelSet
-from .transforms import ImageDecodeError, Preprocess, flip_decision
+from .transforms import ImageDecodeError, Preprocess, decode_image, flip_decision, resize_image
 
 
 @dataclasses.dataclass
@@ -91,24 +92,55 @@ class EpochSampler(Sampler):
         return max(self.per_rank - self.start, 0)
 
 
-class ImageDataset(Dataset):
-    """Decodes ``(index, flip)`` requests to ``(uint8 image or None, targets, index, error)``."""
+class AugmentedRequests(Sampler):
+    """An :class:`EpochSampler`'s ``(index, flip)`` requests with each sample's augmentation seed
+    added: ``(index, flip, seed)``, a pure function of (run seed, epoch, index)."""
 
-    def __init__(self, data: MultiLabelSet, preprocess: Preprocess) -> None:
+    def __init__(self, sampler: EpochSampler) -> None:
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[tuple[int, bool, int]]:
+        for index, flip in self.sampler:
+            yield index, flip, sample_seed(self.sampler.seed, self.sampler.epoch, index)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class ImageDataset(Dataset):
+    """Decodes ``(index, flip[, augmentation seed])`` requests to ``(uint8 image or None,
+    targets, index, error)``; with an active :class:`Augment`, crops before the resize and
+    applies its policy after the flip."""
+
+    def __init__(self, data: MultiLabelSet, preprocess: Preprocess, augment: Augment | None = None) -> None:
         self.data = data
         self.preprocess = preprocess
+        self.augment = augment if augment is not None and augment.active else None
 
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, request: tuple[int, bool]):
-        index, flip = request
+    def __getitem__(self, request: tuple):
+        index, flip = request[0], request[1]
         try:
-            image = self.preprocess.load(self.data.paths[index], flip=flip)
+            if self.augment is None:
+                image = self.preprocess.load(self.data.paths[index], flip=flip)
+            else:
+                image = self.augmented(self.data.paths[index], flip, request[2])
             error = ""
         except ImageDecodeError as err:
             image, error = None, str(err)
         return image, self.data.targets[index], index, error
+
+    def augmented(self, source: str | bytes, flip: bool, seed: int) -> torch.Tensor:
+        """Decode, crop, resize, flip and apply the policy -> (3, S, S) uint8."""
+        config = self.preprocess.config
+        decoded = decode_image(source, self.preprocess.max_pixels)
+        cropped = self.augment.crop(decoded, self.augment.crop_window(seed))
+        image = resize_image(cropped, config.input_size, config.interpolation)  # (3, S, S) uint8
+        if flip:
+            image = image.flip(-1)
+        return self.augment.apply_policy(image, seed).contiguous()
 
 
 def collate(items) -> dict:
@@ -154,11 +186,12 @@ class TorchLoader:
         workers: Decoder processes (0 decodes in the calling process).
         device: Where batches are delivered.
         rank, world_size: Data-parallel shard.
+        augment: Training augmentation (only used when ``train``).
     """
 
     def __init__(self, data: MultiLabelSet, preprocess: Preprocess, batch_size: int, *, train: bool, seed: int = 0,
                  workers: int = 2, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
-                 channels_last: bool = True) -> None:
+                 channels_last: bool = True, augment: Augment | None = None) -> None:
         self.data = data
         self.preprocess = preprocess
         self.device = torch.device(device)
@@ -166,10 +199,11 @@ class TorchLoader:
         self.train = train
         self.channels_last = channels_last
         self.sampler = EpochSampler(len(data), rank=rank, world_size=world_size, seed=seed, shuffle=train, flip=train)
+        augment = augment if train and augment is not None and augment.active else None
         self.loader = DataLoader(
-            ImageDataset(data, preprocess),
+            ImageDataset(data, preprocess, augment),
             batch_size=batch_size,
-            sampler=self.sampler,
+            sampler=AugmentedRequests(self.sampler) if augment is not None else self.sampler,
             num_workers=workers,
             collate_fn=collate,
             pin_memory=self.device.type == "cuda",

@@ -78,6 +78,26 @@ def decode_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXEL
     return _to_rgb8(image, name)
 
 
+def image_header_size(data: bytes, name: str = "<bytes>") -> tuple[int, int]:
+    """(height, width) of an encoded image as :func:`decode_image` returns it (EXIF rotation
+    applied), read from the header without decoding the pixels.
+
+    Raises:
+        ImageDecodeError: the header cannot be read.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            orientation = image.getexif().get(0x0112, 1)  # EXIF Orientation
+    except UnidentifiedImageError:
+        raise ImageDecodeError(f"{name}: not an image in a supported format") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageDecodeError(f"{name}: corrupt image header: {err}") from None
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+
+
 def _to_rgb8(image, name: str) -> np.ndarray:
     mode = image.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):

@@ -14,9 +14,12 @@ class ModelEMA:
     Buffers (BatchNorm statistics) are copied, not averaged. The EMA model is what is
     evaluated beside the trained one and exported when it scores better.
 
+    The decay warms up as in timm's ModelEmaV3: update t uses min(decay, (1 + t) / (10 + t)),
+    so a short fine-tuning run's average is not dominated by the weights it started from.
+
     Args:
         model: The model being trained (unwrapped: no DDP / compile wrapper).
-        decay: Weight of the old average per update.
+        decay: Weight of the old average per update, once warmed up.
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.9997) -> None:
@@ -28,10 +31,11 @@ class ModelEMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
         self.updates += 1
         # named_parameters() lists a shared module once (the shared encoder), state_dict() twice
         for ema_param, param in zip(self.module.parameters(), model.parameters()):
-            ema_param.lerp_(param.detach().to(ema_param.dtype), 1.0 - self.decay)
+            ema_param.lerp_(param.detach().to(ema_param.dtype), 1.0 - decay)
         for ema_buffer, buffer in zip(self.module.buffers(), model.buffers()):
             ema_buffer.copy_(buffer)
 

@@ -29,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..config import RunConfig, save_yaml, to_dict
+from ..data.augment import Augment
 from ..data.datasets import absolute_spec, load_data_spec
 from ..data.partial import drop_labels
 from ..data.transforms import Preprocess
@@ -48,14 +49,14 @@ CRASH_ENV = "LCIE_FAST_CRASH_AFTER_STEPS"
 
 
 def make_loader(data, preprocess, batch_size: int, *, train: bool, kind: str, seed: int, workers: int,
-                info: distributed.DistInfo, channels_last: bool):
+                info: distributed.DistInfo, channels_last: bool, augment: Augment | None = None):
     """The torch or DALI loader for ``data`` (``auto``: DALI on a GPU when installed, else torch)."""
     from ..data.dali import dali_unavailable_reason
 
     if kind == "auto":
         kind = "dali" if info.device.type == "cuda" and not dali_unavailable_reason() else "torch"
     common = dict(train=train, seed=seed, device=info.device, rank=info.rank, world_size=info.world_size,
-                  channels_last=channels_last)
+                  channels_last=channels_last, augment=augment)
     if kind == "dali":
         from ..data.dali import DaliLoader
 
@@ -63,6 +64,11 @@ def make_loader(data, preprocess, batch_size: int, *, train: bool, kind: str, se
     from ..data.loader import TorchLoader
 
     return TorchLoader(data, preprocess, batch_size, workers=workers, **common)
+
+
+def backbone_batchnorms(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Every BatchNorm layer of ``model.backbone`` (timm's BatchNormAct2d included)."""
+    return [m for m in model.backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -149,6 +155,9 @@ class Trainer:
                                  f"{len(self.label_names)} labels: {err}") from None
         if tcfg.freeze_backbone:
             model.backbone.requires_grad_(False)
+        if tcfg.freeze_bn:
+            for norm in backbone_batchnorms(model):
+                norm.requires_grad_(False)
         model.to(self.info.device)
         if tcfg.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -161,14 +170,37 @@ class Trainer:
             wrapped = DistributedDataParallel(model, device_ids=[self.info.local_rank] if self.info.device.type == "cuda" else None)
         self.forward_model = torch.compile(wrapped) if tcfg.compile else wrapped
 
-        common = dict(kind=self.config.data.loader, seed=tcfg.seed, workers=self.config.data.workers, info=self.info,
-                      channels_last=tcfg.channels_last)
-        self.train_loader = make_loader(self.train_set, self.preprocess, tcfg.batch_size, train=True, **common)
-        self.val_loader = (make_loader(self.val_set, self.preprocess, tcfg.batch_size, train=False, **common)
-                           if self.val_set is not None else None)
+        dcfg = self.config.data
+        augment = Augment(dcfg.augment, tuple(dcfg.crop_scale))
+        if tcfg.cache_features:
+            self._build_token_caches(augment)
+        else:
+            common = dict(kind=dcfg.loader, seed=tcfg.seed, workers=dcfg.workers, info=self.info,
+                          channels_last=tcfg.channels_last)
+            self.train_loader = make_loader(self.train_set, self.preprocess, tcfg.batch_size, train=True,
+                                            augment=augment, **common)
+            self.val_loader = (make_loader(self.val_set, self.preprocess, tcfg.batch_size, train=False, **common)
+                               if self.val_set is not None else None)
         if len(self.train_loader) == 0:
             raise ValueError(f"the training set ({len(self.train_set)} images) is smaller than one batch of "
                              f"{tcfg.batch_size} x {self.info.world_size} processes")
+
+    def _build_token_caches(self, augment: Augment) -> None:
+        from ..config import ConfigError
+        from .feature_cache import CachedTokenLoader
+
+        if augment.active:
+            raise ConfigError("train.cache_features cannot be used with data.augment or data.crop_scale: "
+                              "an augmented image has new features every epoch")
+        tcfg = self.config.train
+        common = dict(seed=tcfg.seed, device=self.info.device, rank=self.info.rank, world_size=self.info.world_size,
+                      workers=self.config.data.workers, progress=self.progress and self.info.is_main,
+                      cache_dir=tcfg.feature_cache_dir)
+        self.train_loader = CachedTokenLoader(self.model, self.train_set, self.preprocess, tcfg.batch_size,
+                                              train=True, **common)
+        self.val_loader = (CachedTokenLoader(self.model, self.val_set, self.preprocess, tcfg.batch_size,
+                                             train=False, **common) if self.val_set is not None else None)
+        self._cache_failures = self.train_loader.failed + (self.val_loader.failed if self.val_loader else [])
 
     def _build_optimisation(self) -> None:
         tcfg = self.config.train
@@ -275,6 +307,9 @@ class Trainer:
         self.model.train()
         if self.config.train.freeze_backbone:
             self.model.backbone.eval()  # frozen BatchNorm statistics
+        elif self.config.train.freeze_bn:
+            for norm in backbone_batchnorms(self.model):
+                norm.eval()
 
     def train_epoch(self) -> dict[str, float]:
         tcfg = self.config.train
@@ -349,6 +384,9 @@ class Trainer:
                       "steps_per_epoch": self.steps_per_epoch,
                       "partial_labels": vars(self.partial_stats) if self.partial_stats else None,
                       "skipped_rows": self.train_set.skipped})
+        if self.info.is_main and getattr(self, "_cache_failures", None):
+            self._report_failed(self._cache_failures)
+            self._cache_failures = []
         result: dict[str, Any] | None = None
         while self.epoch < tcfg.epochs:
             stats = self.train_epoch()
@@ -361,7 +399,8 @@ class Trainer:
                     record.update({"val_mAP": result["mAP"], "val_CF1": result["CF1"], "val_OF1": result["OF1"]})
                     if self.ema:
                         record["val_mAP_ema"] = result["ema"]["mAP"]
-                    self._keep_best(result)
+                    if tcfg.select == "best":
+                        self._keep_best(result)
             self.log(record)
             if self.info.is_main and self.progress:
                 line = f"epoch {self.epoch}: loss {stats['train_loss']:.4f}, {stats['epoch_seconds']:.1f} s, " \
@@ -372,6 +411,12 @@ class Trainer:
             self.save()
         if result is None:
             result = self.evaluate()
+        if tcfg.select == "last" and self.info.is_main:
+            name, module = ("ema", self.ema.module) if self.ema else ("model", self.model)
+            extra = {**self._provenance(), "epoch": self.epoch, "weights": f"last ({name})"}
+            if result is not None:
+                extra["val_mAP"] = (result["ema"] if self.ema else result)["mAP"]
+            save_checkpoint(self.out / "best.pt", module, label_names=self.label_names, extra=extra)
         if self.info.is_main and result is not None:
             write_json(result, self.out / "metrics.json")
             if self.progress:
