@@ -128,7 +128,8 @@ def multilabel_metrics(
 
     Returns:
         ``mAP, CP, CR, CF1, OP, OR, OF1`` and the same suffixed ``_top{k}``; ``AP`` (class name
-        -> AP, for every class with a positive); ``classes_without_positives``,
+        -> AP, for every class with a positive); ``support`` (class name -> number of positive
+        targets); ``classes_without_positives``,
         ``classes_without_predictions`` (lists of names); ``num_images``, ``num_classes``.
 
     Raises:
@@ -175,6 +176,7 @@ def multilabel_metrics(
     result.update({f"{key}_top{top_k}": value for key, value in _prf(tp_k, npred_k, npos_k, evaluated).items()})
 
     result["AP"] = {names[c]: float(100 * ap[c]) for c in range(num_classes) if evaluated[c]}
+    result["support"] = {names[c]: int(npos[c]) for c in range(num_classes)}
     result["classes_without_positives"] = [names[c] for c in range(num_classes) if not evaluated[c]]
     result["classes_without_predictions"] = [names[c] for c in range(num_classes) if evaluated[c] and npred[c] == 0]
     result["num_images"] = int(num_images)
@@ -187,11 +189,18 @@ def format_metrics(result: dict[str, Any], top_k: int = 3) -> str:
     """A two-line plain-text table of the Table 1 metric set, plus per-class AP."""
     keys = ["mAP", "CP", "CR", "CF1", "OP", "OR", "OF1"]
     top = [f"{k}_top{top_k}" for k in keys[1:]]
+    support = result.get("support", {})
     lines = [
         "  ".join(f"{k:>7}" for k in keys + top),
         "  ".join(f"{result[k]:7.2f}" for k in keys + top),
-        "per-class AP: " + ", ".join(f"{name} {value:.2f}" for name, value in result["AP"].items()),
+        "per-class AP: " + ", ".join(
+            f"{name} {value:.2f}" + (f" (n={support[name]})" if name in support else "")
+            for name, value in result["AP"].items()),
     ]
+    if "mAP_ci95" in result:
+        low, high = result["mAP_ci95"]
+        lines.insert(2, f"mAP {result['mAP']:.2f}, 95% bootstrap interval {low:.2f}-{high:.2f} "
+                        f"({result.get('bootstrap_draws', '?')} resamples of the images)")
     if result["classes_without_positives"]:
         lines.append("left out (no positive target): " + ", ".join(result["classes_without_positives"]))
     return "\n".join(lines)
@@ -235,3 +244,50 @@ def fit_thresholds(scores: Any, targets: Any, *, from_logits: bool = False,
         thresholds[name] = float((p[best] + below) / 2)
         f1s[name] = float(100 * f1[best])
     return {"thresholds": thresholds, "f1": f1s, "default": default, "classes_without_positives": without}
+
+
+def bootstrap_interval(scores: Any, targets: Any, *, reference: Any = None, draws: int = 1000, seed: int = 0,
+                       confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of mAP, or of a paired mAP difference, in points.
+
+    Images are resampled with replacement ``draws`` times (seeded); each resample's mAP is
+    computed as :func:`multilabel_metrics` does (a class without positives in a resample is
+    left out of it). With ``reference``, each resample scores ``mAP(scores) - mAP(reference)``
+    on the same images: the paired interval of a difference, much narrower than two separate
+    intervals because image difficulty cancels.
+
+    Args:
+        scores: (N, C) scores or logits (AP only ranks them).
+        targets: (N, C), 1 positive, 0 negative, other values ignored.
+        reference: (N, C) scores of the model compared against, or None.
+        draws: Number of resamples.
+        seed: Seed of the resampling.
+        confidence: Central probability of the interval.
+
+    Returns:
+        (low, high) in percent points.
+    """
+    scores = _to_numpy(scores, "scores")
+    targets = _to_numpy(targets, "targets")
+    ref = _to_numpy(reference, "reference") if reference is not None else None
+    if scores.shape != targets.shape or (ref is not None and ref.shape != scores.shape):
+        raise ValueError(f"scores {scores.shape}, targets {targets.shape}"
+                         + (f" and reference {ref.shape}" if ref is not None else "") + " differ in shape")
+    if draws < 1 or not 0 < confidence < 1:
+        raise ValueError(f"need draws >= 1 and 0 < confidence < 1, got {draws}, {confidence}")
+    rng = np.random.default_rng(seed)
+    n = scores.shape[0]
+    values = np.empty(draws)
+    with np.errstate(all="ignore"):
+        for i in range(draws):
+            pick = rng.integers(0, n, size=n)
+            value = np.nanmean(average_precision(scores[pick], targets[pick]))
+            if ref is not None:
+                value -= np.nanmean(average_precision(ref[pick], targets[pick]))
+            values[i] = 100 * value
+    values = values[np.isfinite(values)]
+    if not len(values):
+        raise ValueError("no resample has a class with a positive target")
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(values, [tail, 1 - tail])
+    return float(low), float(high)

@@ -180,3 +180,46 @@ def test_format_metrics_mentions_every_number():
     r = multilabel_metrics(rng.random((20, 3)), (rng.random((20, 3)) < 0.5).astype(int), class_names=["x", "y", "z"])
     text = format_metrics(r)
     assert "mAP" in text and "CF1_top3" in text and "x " in text
+
+
+# ------------------------------------------------------------------------- bootstrap
+def _scored(seed: int = 0, n: int = 200, c: int = 4):
+    rng = np.random.default_rng(seed)
+    targets = (rng.random((n, c)) < 0.3).astype(int)
+    scores = targets * 1.0 + rng.normal(scale=0.8, size=(n, c))
+    return scores, targets
+
+
+def test_bootstrap_interval_is_seeded_and_holds_the_estimate():
+    from lcie_fast.metrics import bootstrap_interval
+
+    scores, targets = _scored()
+    estimate = multilabel_metrics(scores, targets, from_logits=True)["mAP"]
+    low, high = bootstrap_interval(scores, targets, draws=300, seed=1)
+    print(f"mAP {estimate:.2f}, 95% interval {low:.2f}-{high:.2f}")
+    assert low < estimate < high and high - low > 1.0
+    assert bootstrap_interval(scores, targets, draws=300, seed=1) == (low, high)
+    assert bootstrap_interval(scores, targets, draws=300, seed=2) != (low, high)
+
+
+def test_paired_interval_is_zero_for_identical_scores_and_narrower_than_two_intervals():
+    from lcie_fast.metrics import bootstrap_interval
+
+    scores, targets = _scored(3)
+    assert bootstrap_interval(scores, targets, reference=scores, draws=100) == (0.0, 0.0)
+    noisy = scores + np.random.default_rng(4).normal(scale=0.05, size=scores.shape)
+    paired = bootstrap_interval(noisy, targets, reference=scores, draws=300)
+    alone = bootstrap_interval(noisy, targets, draws=300)
+    print(f"paired dmAP interval {paired}, unpaired mAP interval {alone}")
+    assert paired[0] <= 0.0 <= paired[1]
+    assert paired[1] - paired[0] < (alone[1] - alone[0]) / 4
+    # a real shift of every score towards the truth moves the whole interval
+    better = bootstrap_interval(scores + targets * 1.5, targets, reference=scores, draws=300)
+    assert better[0] > 0
+
+
+def test_support_counts_positives_per_class():
+    scores, targets = _scored(5)
+    result = multilabel_metrics(scores, targets, from_logits=True, class_names=list("abcd"))
+    assert result["support"] == {name: int(targets[:, i].sum()) for i, name in enumerate("abcd")}
+    assert f"(n={result['support']['a']})" in format_metrics(result)

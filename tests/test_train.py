@@ -82,7 +82,7 @@ def test_killed_run_resumes_to_the_same_weights(shapes, tmp_path):
 def test_two_gloo_processes_match_one_process_at_the_same_global_batch(shapes, tmp_path):
     # no dropout, no token dropping, frozen BatchNorm: the only difference left is the reduction order
     args = ["train.epochs=1", "model_overrides.dropout=0.0", "model_overrides.partial=false",
-            "train.freeze_backbone=true", "train.lr=0.02"]
+            "train.freeze_backbone=true", "train.lr=0.02", "train.amp=off"]
     _train(_common(shapes, tmp_path / "one") + args + ["train.batch_size=8"])
     _train(_common(shapes, tmp_path / "two") + args + ["train.batch_size=4"], torchrun=2)
     one, two = _weights(tmp_path / "one" / "last.pt"), _weights(tmp_path / "two" / "last.pt")
@@ -124,3 +124,64 @@ def test_channels_last_and_bf16_autocast_training_step_runs(shapes, tmp_path):
     out = tmp_path / "run"
     _train(_common(shapes, out) + ["train.epochs=1", "train.amp=bf16", "train.max_steps_per_epoch=2"])
     assert torch.isfinite(torch.stack([v.float().abs().sum() for v in _weights(out / "last.pt").values()])).all()
+
+
+def test_cached_backbone_tokens_train_the_same_heads(shapes, tmp_path):
+    # frozen backbone: tokens cached once per image and flip give the run computed from images
+    args = ["train.epochs=2", "train.freeze_backbone=true", "train.optimizer=adamw", "train.lr=0.002", "train.amp=off"]
+    _train(_common(shapes, tmp_path / "images") + args)
+    _train(_common(shapes, tmp_path / "cached") + args + ["train.cache_features=true",
+                                                          f"train.feature_cache_dir={tmp_path / 'cache'}"])
+    images, cached = _weights(tmp_path / "images" / "last.pt"), _weights(tmp_path / "cached" / "last.pt")
+    worst = max((images[k] - cached[k]).abs().max().item() for k in images if images[k].is_floating_point())
+    print(f"max |weight difference| images vs cached tokens: {worst:.3g}")
+    assert worst < 1e-4
+    assert len(list((tmp_path / "cache").glob("tokens-*.pt"))) == 2  # train (both flips) and valid
+    # a second run reads the tokens back and lands on the same weights
+    _train(_common(shapes, tmp_path / "again") + args + ["train.cache_features=true",
+                                                         f"train.feature_cache_dir={tmp_path / 'cache'}"])
+    again = _weights(tmp_path / "again" / "last.pt")
+    assert all(torch.equal(cached[k], again[k]) for k in cached)
+    refused = _train(_common(shapes, tmp_path / "bad") + ["train.cache_features=true"], check=False)
+    assert refused.returncode == 1 and "freeze_backbone" in refused.stderr
+    refused = _train(_common(shapes, tmp_path / "bad") + args + ["train.cache_features=true", "data.augment=randaugment"],
+                     check=False)
+    assert refused.returncode == 1 and "augment" in refused.stderr
+
+
+def test_frozen_batchnorm_keeps_statistics_and_select_last_keeps_the_ema(shapes, tmp_path):
+    from lcie_fast import create_model
+
+    out = tmp_path / "run"
+    _train(_common(shapes, out) + ["train.epochs=1", "train.freeze_bn=true", "train.ema=true", "train.ema_decay=0.9",
+                                   "train.select=last", "data.augment=trivialaugment", "data.crop_scale=[0.6,1.0]"])
+    torch.manual_seed(0)
+    fresh = create_model("lcie_tiny", num_classes=5).state_dict()
+    trained = _weights(out / "last.pt")
+    norms = [k for k in fresh if "bn" in k and k.startswith("backbone.")]
+    assert norms and all(torch.equal(fresh[k], trained[k]) for k in norms)  # statistics and affine untouched
+    convs = [k for k in fresh if k.startswith("backbone.") and k.endswith("conv_stem.weight")]
+    assert convs and not torch.equal(fresh[convs[0]], trained[convs[0]])  # the rest of the backbone trained
+    best = load_checkpoint(out / "best.pt")
+    ema = load_checkpoint(out / "last.pt").train_state["ema"]["model"]
+    assert best.meta.extra["weights"] == "last (ema)"
+    assert all(torch.equal(best.model_state[k], ema[k]) for k in best.model_state)
+
+
+def test_eval_reports_interval_support_and_branches(shapes, tmp_path):
+    out = tmp_path / "run"
+    _train(_common(shapes, out) + ["train.epochs=1"])
+    report = tmp_path / "eval.json"
+    result = subprocess.run([sys.executable, "-m", "lcie_fast", "eval", str(out / "last.pt"), "--data",
+                             str(shapes / "valid"), "--device", "cpu", "--loader", "torch", "--workers", "0",
+                             "--json", str(report), "--no-progress", "--branches", "--bootstrap", "200"],
+                            capture_output=True, text=True, check=True)
+    data = json.loads(report.read_text())
+    low, high = data["mAP_ci95"]
+    # 12 images: a percentile interval need not hold the estimate, but it is a real spread
+    assert 0 <= low < high <= 100 and data["bootstrap_draws"] == 200 and "95% bootstrap interval" in result.stdout
+    assert sum(data["support"].values()) > 0 and "(n=" in result.stdout
+    rows = {row["branches"]: row for row in data["branches"]}
+    assert set(rows) == {"y_ca", "y_sp", "y_co", "y_ca + y_sp", "y_ca + y_co", "y_sp + y_co", "y_ca + y_sp + y_co"}
+    assert rows["y_ca + y_sp + y_co"]["mAP"] == pytest.approx(data["mAP"], abs=1e-6)
+    assert "| y_sp |" in result.stdout

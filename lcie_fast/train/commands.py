@@ -65,7 +65,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="score a checkpoint on a labelled data spec (Table 1 metrics)",
-                       description="Print mAP, CP, CR, CF1, OP, OR, OF1 (all and top-3) and per-class AP; write JSON.")
+                       description="Print mAP with its 95%% bootstrap interval, CP, CR, CF1, OP, OR, OF1 (all and "
+                                   "top-3) and per-class AP with support counts; write JSON. --branches also scores "
+                                   "y_ca, y_sp, y_co alone and every partial sum of them.")
     p.add_argument("checkpoint", help="an lcie_fast checkpoint (.pt)")
     p.add_argument("--data", required=True, help="data spec with labels")
     p.add_argument("--batch-size", type=int, default=32)
@@ -76,6 +78,11 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="off",
                    help="autocast dtype for the forward (default off: fp32)")
     p.add_argument("--json", metavar="PATH", help="where to write the metrics (default: <checkpoint>.eval.json)")
+    p.add_argument("--branches", action="store_true",
+                   help="also score each branch's logits (y_ca, y_sp, y_co) alone and every partial sum of them")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="DRAWS",
+                   help="resamples of the images for the 95%% interval of mAP (0: none; default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
     p.add_argument("--fit-thresholds", metavar="PATH",
                    help="also fit per-class thresholds (best F1 per class on this data) and write them as JSON "
                         "for lcie-fast tag --thresholds")
@@ -104,14 +111,31 @@ def run_eval(args: argparse.Namespace) -> int:
     loader = make_loader(data, preprocess, args.batch_size, train=False, kind=args.loader, seed=0,
                          workers=args.workers, info=info, channels_last=True)
     amp = AmpPolicy(args.amp, info.device)
-    prediction = predict(model, loader, autocast=amp.autocast, info=info, progress=not args.no_progress)
+    prediction = predict(model, loader, autocast=amp.autocast, info=info, progress=not args.no_progress,
+                         branches=args.branches)
     result = score(prediction, data.targets, list(meta.label_names), args.threshold)
     result.update({"checkpoint": str(args.checkpoint), "data": args.data, "images_per_s": prediction.images_per_second,
                    "failed": [{"path": p, "reason": r} for _, p, r in prediction.failed]})
+    if args.bootstrap > 0:
+        from ..metrics import bootstrap_interval
+
+        result["mAP_ci95"] = list(bootstrap_interval(prediction.logits, data.targets[prediction.indices],
+                                                     draws=args.bootstrap, seed=args.seed))
+        result["bootstrap_draws"] = args.bootstrap
+    if args.branches:
+        from .evaluate import branch_report, format_branch_report
+
+        if not prediction.branches:
+            raise ValueError(f"{args.checkpoint} is a baseline model (backbone + GAP + linear): it has no branches")
+        result["branches"] = branch_report(prediction, data.targets, list(meta.label_names),
+                                           draws=args.bootstrap, seed=args.seed)
     if info.is_main:
         print(f"{args.checkpoint} on {args.data}: {len(prediction.indices)} images"
               + (f", {len(prediction.failed)} unreadable (skipped)" if prediction.failed else ""))
         print(format_metrics(result))
+        if args.branches:
+            print("\nbranches (logits of y = y_ca + y_sp + y_co, alone and summed):")
+            print(format_branch_report(result["branches"]))
         out = Path(args.json) if args.json else Path(str(args.checkpoint) + ".eval.json")
         write_json(result, out)
         print(f"metrics written to {out}")
