@@ -272,7 +272,9 @@ def test_real_photos_export_and_int8_parity(traffic5, tmp_path):
     from lcie_fast.deploy.graphs import calibration_set
 
     torch.manual_seed(0)
-    model = create_model("lcie_effl0_448", num_classes=5, img_size=256, pretrained=True).eval()
+    # random heads with the paper's initialisation: its random spatial branch gives logits that
+    # differ between images (zero-initialised branches would leave near-constant logits)
+    model = create_model("lcie_effl0_448", num_classes=5, img_size=256, pretrained=True, branch_init="paper").eval()
     checkpoint = save_checkpoint(tmp_path / "m.pt", model, label_names=["bus", "car", "motorbike", "person", "truck"])
     summary = export_graphs(checkpoint, tmp_path / "model.onnx", calib_data=str(traffic5 / "train"), calib_images=32,
                             verify_data=str(traffic5 / "valid"), log=print)
@@ -287,3 +289,59 @@ def test_real_photos_export_and_int8_parity(traffic5, tmp_path):
         cosine = (logits * reference).sum(1) / np.linalg.norm(logits, axis=1) / np.linalg.norm(reference, axis=1)
         print(f"{precision} graph on real photos: mean cosine {cosine.mean():.5f}, max |d| {np.abs(logits - reference).max():.3e}")
         assert cosine.mean() >= min_cosine
+
+
+def test_gates_pass_noise_and_fail_a_consistent_shift():
+    from lcie_fast.deploy.parity import DEFAULT_GATES, gate_checks
+
+    gate = DEFAULT_GATES["fp16"]
+    clean = {"cosine": 0.99999, "agreement": 1.0}
+    # mAP moved past the tolerance by a few reordered near-ties: the paired interval holds 0
+    assert gate_checks(gate, 0.18, (-0.05, 0.41), clean) == []
+    # the same move, consistent across resamples: real damage
+    assert "excludes 0" in gate_checks(gate, -0.6, (-0.9, -0.3), clean)[0]
+    # without a bootstrap the tolerance alone decides
+    assert gate_checks(gate, 0.18, None, clean) and not gate_checks(gate, 0.05, None, clean)
+    assert "cosine" in gate_checks(gate, 0.0, (0.0, 0.0), {"cosine": 0.99, "agreement": 1.0})[0]
+    assert "agreement" in gate_checks(gate, 0.0, (0.0, 0.0), {"cosine": 1.0, "agreement": 0.9})[0]
+
+
+def test_a_graph_with_one_damaged_layer_fails_its_gate(tmp_path):
+    """A briefly trained tiny model (mAP ~90 on generated shapes); one backbone layer of its FP32
+    graph gets seeded noise of its own spread: that graph fails even INT8's loose gate on 100
+    images, while the intact graph passes it."""
+    import onnx
+    from onnx import numpy_helper
+
+    from lcie_fast.config import DataConfig, RunConfig, TrainConfig
+    from lcie_fast.deploy.export import export_onnx
+    from lcie_fast.deploy.parity import Variant, markdown_table, run_parity
+    from lcie_fast.models.checkpoint import model_from_checkpoint
+    from lcie_fast.runtime.onnxruntime import OnnxRuntimeBackend
+    from lcie_fast.runtime.torch_backends import EagerBackend
+    from lcie_fast.train.trainer import Trainer
+
+    root = make_synthetic_set(tmp_path / "shapes", splits={"train": 120, "valid": 100}, size=64)
+    config = RunConfig(model="lcie_tiny", pretrained=False, data=DataConfig(train=str(root / "train"), workers=0),
+                       train=TrainConfig(epochs=6, batch_size=16, optimizer="adamw", lr=3e-3, schedule="onecycle",
+                                         amp="off", select="last"), output=str(tmp_path / "run"))
+    Trainer(config, device="cpu", progress=False).fit()
+    model, meta = model_from_checkpoint(tmp_path / "run" / "best.pt")
+    export_onnx(model, meta, tmp_path / "model.onnx")
+    proto = onnx.load(str(tmp_path / "model.onnx"))
+    layer = "backbone.body.blocks.2.0.conv_pwl.weight"
+    (init,) = [i for i in proto.graph.initializer if i.name == layer]
+    weight = numpy_helper.to_array(init)
+    noise = np.random.default_rng(0).normal(scale=weight.std(), size=weight.shape).astype(weight.dtype)
+    init.CopyFrom(numpy_helper.from_array(weight + noise, layer))
+    onnx.save(proto, str(tmp_path / "damaged.onnx"))
+    variants = [Variant("eager fp32", "fp32", lambda: EagerBackend(model, meta, "cpu", "fp32")),
+                Variant("intact graph", "int8", lambda: OnnxRuntimeBackend(tmp_path / "model.onnx")),
+                Variant("damaged graph", "int8", lambda: OnnxRuntimeBackend(tmp_path / "damaged.onnx"))]
+    data = load_data_spec(str(root / "valid"), label_names=list(meta.label_names))
+    report = run_parity(variants, data, Preprocess(meta.preprocess), progress=False)
+    print(markdown_table(report))
+    reference, intact, damaged = report["rows"]
+    assert reference.mAP > 70  # the model learned something: its logits carry the labels
+    assert reference.passed and intact.passed
+    assert not damaged.passed and damaged.failed_checks

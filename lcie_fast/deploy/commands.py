@@ -146,21 +146,25 @@ def add_parity_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engines", nargs="*", default=[], metavar="ENGINE", help="TensorRT bundles to score too")
     p.add_argument("--with-bf16", action="store_true", help="also score eager BF16 autocast")
     p.add_argument("--gate", action="append", default=[], metavar="PRECISION.KEY=VALUE",
-                   help="override a gate, e.g. int8.max_abs_dmap=0.3 or fp16.min_cosine=0.9995")
+                   help="override a gate, e.g. int8.max_abs_dmap=0.3, fp16.min_cosine=0.9995 or "
+                        "int8.min_agreement=0.98")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="DRAWS",
+                   help="resamples of the images for the paired interval of each dmAP (0: none, and then the "
+                        "mAP gate is the plain tolerance)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run_parity)
 
 
 def parse_gates(overrides: list[str]) -> dict[str, dict[str, float]]:
-    from .parity import DEFAULT_GATES
+    from .parity import DEFAULT_GATES, GATE_KEYS
 
     gates = {k: dict(v) for k, v in DEFAULT_GATES.items()}
     for text in overrides:
         key, _, value = text.partition("=")
         precision, _, name = key.partition(".")
-        if precision not in gates or name not in ("max_abs_dmap", "min_cosine") or not value:
-            raise ValueError(f"--gate {text!r}: expected PRECISION.max_abs_dmap=X or PRECISION.min_cosine=X "
-                             f"with PRECISION in {sorted(gates)}")
+        if precision not in gates or name not in GATE_KEYS or not value:
+            raise ValueError(f"--gate {text!r}: expected PRECISION.KEY=X with KEY in {', '.join(GATE_KEYS)} "
+                             f"and PRECISION in {sorted(gates)}")
         gates[precision][name] = float(value)
     return gates
 
@@ -230,7 +234,7 @@ def _run_parity(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     variants = parity_variants(model, meta, graphs, device, args.engines, args.with_bf16)
     report = run_parity(variants, data, Preprocess(meta.preprocess), batch_size=args.batch_size, gates=gates,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, draws=args.bootstrap)
     paths = write_report(report, out_dir)
     print(markdown_table(report))
     print(f"written: {', '.join(str(p) for p in paths.values())}")
