@@ -77,14 +77,17 @@ class ModelConfig:
         activation: ``"relu"`` or ``"gelu"`` in the FFNs.
         decoder_pos_embed: ``"none"``, or ``"sine"`` to add a fixed 2-D sine code to the keys.
         mask_ratio: Fraction of label tokens the partial branch drops (rounded half up).
-        branch_init: ``"zero"``: the spatial conv and the full-label head y_co start at zero, so
-            the model starts as the LCIE row of Table 3 (y = y_ca) and the spatial and
-            correlation branches must earn their contribution; ``"paper"``: every layer keeps
-            its default random initialisation (before issue 9's change; y_sp then starts large).
+        branch_init: ``"zero"``: the spatial conv, the full-label head y_co (and the gain of
+            ``fused_norm``) start at zero, so the model starts as the LCIE row of Table 3
+            (y = y_ca) and the spatial and correlation branches must earn their contribution;
+            ``"paper"``: every layer keeps its default random initialisation (y_sp then starts
+            large: a random 1x1 conv max-pooled over unnormalised backbone features).
         spatial_norm: ``"layernorm"`` normalises each token of X_ml over its D channels before
             the spatial conv (the fused backbone levels differ in scale); ``"none"`` (paper).
+            Ignored without the spatial branch (so presets can share one default).
         fused_norm: LayerNorm on the spatial half L_sp of each fused label token (eq. 6), so it
             enters the encoder at the scale of the layer-normalised L_ca half; off = paper.
+            Ignored unless the spatial branch feeds the correlation encoder (full or partial).
         backbone_kwargs: Extra keyword arguments for ``timm.create_model``.
         preprocess: Input preprocessing; ``None`` asks the builder to take the backbone's.
     """
@@ -350,8 +353,8 @@ class TrainConfig:
         ema: Keep an exponential moving average of the weights, evaluated beside the model.
         ema_decay: Its decay per step.
         grad_clip: Clip the global gradient norm to this (0 = off).
-        amp: ``auto`` (bf16 on GPUs that support it, else fp16 with a GradScaler; off on CPUs),
-            ``bf16``, ``fp16`` or ``off``.
+        amp: ``auto`` (bf16 on GPUs that support it, else fp16 with a GradScaler; bf16 on CPUs
+            with native bf16 (AVX-512 BF16, AMX), fp32 on other CPUs), ``bf16``, ``fp16`` or ``off``.
         channels_last: Model and inputs in channels-last memory format.
         compile: Run the training forward through ``torch.compile``.
         freeze_backbone: Train the heads only (backbone weights and BatchNorm statistics frozen).
@@ -359,9 +362,10 @@ class TrainConfig:
             pretrained values while the rest of the backbone trains: small batches give noisy
             batch statistics, which drift the running averages the model is evaluated with.
         cache_features: With ``freeze_backbone``, compute the backbone's image tokens of every
-            training image (both flips) and validation image once, and train the heads on them:
-            the same result several times faster. Needs the tokens in host memory (the trainer
-            says how much) and no augmentation.
+            training image (both flips) and validation image once, in fp32, and train the heads
+            on them: the run an fp32 backbone would give (within float reassociation), several
+            times faster. Needs the tokens in host memory (the trainer says how much; every
+            process of a node holds a copy) and no augmentation.
         feature_cache_dir: Also keep those tokens in this folder, for later runs on the same
             data and backbone ('' = memory only).
         backbone_lr_mult: Backbone learning rate = lr x this.

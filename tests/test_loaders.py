@@ -231,6 +231,25 @@ def test_augmentation_is_a_pure_function_of_seed_epoch_and_index(synthetic):
     assert torch.equal(torch.rand(3), expected)
 
 
+def test_header_size_applies_exif_rotation_and_refuses_bombs():
+    import io
+
+    from PIL import Image
+
+    from lcie_fast.data.transforms import ImageDecodeError, image_header_size
+
+    image = Image.new("RGB", (40, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", exif=exif)
+    assert image_header_size(buffer.getvalue()) == (40, 30)  # (height, width) after the rotation
+    with pytest.raises(ImageDecodeError, match="over the limit"):
+        image_header_size(buffer.getvalue(), "big.jpg", max_pixels=1000)
+    with pytest.raises(ImageDecodeError, match="not an image"):
+        image_header_size(b"plain text", "notes.txt")
+
+
 def test_crop_windows_follow_the_scale_range_and_stay_inside():
     from lcie_fast.data.augment import Augment, sample_seed
 

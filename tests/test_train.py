@@ -106,6 +106,17 @@ def test_eval_cli_prints_table1_metrics_and_writes_json(shapes, tmp_path):
     assert data["num_images"] == 12 and "OF1" in data
 
 
+def test_resume_refuses_other_training_settings(shapes, tmp_path):
+    out = tmp_path / "run"
+    _train(_common(shapes, out) + ["train.epochs=1"])
+    result = _train(_common(shapes, out) + ["train.epochs=2", "train.lr=0.01", "train.loss_normalization=mean",
+                                            "--resume", "auto"], check=False)
+    assert result.returncode == 1
+    assert "train.lr=0.05 (now 0.01)" in result.stderr and "train.loss_normalization='sum'" in result.stderr
+    _train(_common(shapes, out) + ["train.epochs=2", "--resume", "auto"])  # more epochs is fine
+    assert load_checkpoint(out / "last.pt").train_state["epoch"] == 2
+
+
 def test_resume_refuses_a_checkpoint_without_training_state(shapes, tmp_path):
     out = tmp_path / "run"
     _train(_common(shapes, out) + ["train.epochs=1"])
@@ -142,6 +153,13 @@ def test_cached_backbone_tokens_train_the_same_heads(shapes, tmp_path):
                                                          f"train.feature_cache_dir={tmp_path / 'cache'}"])
     again = _weights(tmp_path / "again" / "last.pt")
     assert all(torch.equal(cached[k], again[k]) for k in cached)
+    # a damaged token file is rebuilt, never trusted
+    for path in (tmp_path / "cache").glob("tokens-*.pt"):
+        path.write_bytes(b"not a torch file")
+    rebuilt = _train(_common(shapes, tmp_path / "rebuilt") + args + ["train.cache_features=true",
+                                                                     f"train.feature_cache_dir={tmp_path / 'cache'}"])
+    assert "rebuilding it" in rebuilt.stderr
+    assert all(torch.equal(cached[k], v) for k, v in _weights(tmp_path / "rebuilt" / "last.pt").items())
     refused = _train(_common(shapes, tmp_path / "bad") + ["train.cache_features=true"], check=False)
     assert refused.returncode == 1 and "freeze_backbone" in refused.stderr
     refused = _train(_common(shapes, tmp_path / "bad") + args + ["train.cache_features=true", "data.augment=randaugment"],

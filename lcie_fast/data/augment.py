@@ -6,10 +6,12 @@ Applied by the loaders between decoding and normalisation, in this order::
            -> horizontal flip -> policy (TrivialAugmentWide or RandAugment, torchvision v2, uint8)
 
 Every random choice of a sample is a pure function of (seed, epoch, index), like the flips of
-:func:`~lcie_fast.data.transforms.flip_decision`: any worker count, any loader and a resumed
-run augment each image of each epoch the same way. The crop window is drawn here, on the host,
-so the DALI loader crops exactly the same window; the policy's operations use torch's RNG,
-seeded per sample inside :func:`torch.random.fork_rng` so the caller's random streams are untouched.
+:func:`~lcie_fast.data.transforms.flip_decision`: any worker count and a resumed run of the
+torch loader augment each image of each epoch the same way. The crop window is drawn here, on
+the host, so the DALI loader crops exactly the same window; the policy's operations use torch's
+RNG, seeded per sample inside :func:`torch.random.fork_rng` so the caller's random streams are
+untouched. (The DALI loader applies DALI's own implementation of the same policy, with DALI's
+random stream: same crops and flips, other policy draws.)
 """
 
 from __future__ import annotations

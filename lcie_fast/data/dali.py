@@ -111,10 +111,14 @@ class DaliLoader:
         self.sampler = EpochSampler(len(data), rank=rank, world_size=world_size, seed=seed, shuffle=train, flip=train)
         self.augment = augment if train and augment is not None and augment.active else None
         self.seed = seed * 1000 + rank  # DALI's own random stream (augmentation policy only)
+        self.builds = 0
         self.pipe = self._new_pipeline()
 
     def _new_pipeline(self):
-        return _build_pipeline(self.preprocess, self.batch_size, self.device_id, self.threads, self.augment, self.seed)
+        # a rebuilt pipeline (after a bad image) continues with fresh policy draws, not the first ones again
+        self.builds += 1
+        seed = (self.seed * 7919 + self.builds) % 2**31
+        return _build_pipeline(self.preprocess, self.batch_size, self.device_id, self.threads, self.augment, seed)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.sampler.set_epoch(epoch, start=start_batch * self.batch_size)
@@ -148,7 +152,7 @@ class DaliLoader:
                 continue
             if self.augment is not None:
                 try:
-                    height, width = image_header_size(encoded.tobytes(), path)
+                    height, width = image_header_size(encoded.tobytes(), path, self.preprocess.max_pixels)
                 except ImageDecodeError as err:
                     failed.append((index, path, str(err)))
                     continue

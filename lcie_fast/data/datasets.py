@@ -19,7 +19,8 @@ A *data spec* names a dataset on the command line and in YAML configs:
 Any spec also takes ``holdout=F&subset=fit|holdout[&holdout_seed=S]``: a seeded random fraction
 F of its images is held out (``subset=holdout``) and the rest is kept for fitting
 (``subset=fit``), so settings can be chosen on a slice of a training split and never on the
-split that is reported. The two subsets partition the set for any F and seed.
+split that is reported. The two subsets partition the set for any F and seed; the split is a
+seeded permutation of the rows as loaded, so adding or removing rows changes it.
 """
 
 from __future__ import annotations
@@ -420,6 +421,8 @@ def _holdout_subset(spec: str, data: MultiLabelSet, options: dict[str, str]) -> 
         raise ManifestError(spec, problems)
     order = np.random.default_rng(int(seed)).permutation(len(data))
     cut = int(round(share * len(data)))
+    if not 0 < cut < len(data):
+        raise ManifestError(spec, [f"holdout={fraction} of {len(data)} images leaves an empty subset"])
     chosen = np.sort(order[:cut] if subset == "holdout" else order[cut:])
     return data.subset(chosen)
 

@@ -26,7 +26,9 @@ class Batch:
     """One batch, on the training device.
 
     Attributes:
-        images: (B, 3, S, S) float32, normalised, channels-last.
+        images: (B, 3, S, S) float32, normalised, channels-last; from a
+            :class:`~lcie_fast.train.feature_cache.CachedTokenLoader`, the backbone's image
+            tokens (B, h*w, D) instead.
         targets: (B, C) float32 in {0, 1} (unknown entries hold 0; see ``mask``).
         mask: (B, C) float32, 1 where the label is known.
         indices: (B,) int64 dataset indices of the images.

@@ -78,23 +78,30 @@ def decode_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXEL
     return _to_rgb8(image, name)
 
 
-def image_header_size(data: bytes, name: str = "<bytes>") -> tuple[int, int]:
+def image_header_size(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
     """(height, width) of an encoded image as :func:`decode_image` returns it (EXIF rotation
     applied), read from the header without decoding the pixels.
 
     Raises:
-        ImageDecodeError: the header cannot be read.
+        ImageDecodeError: the header cannot be read, or the image has more than ``max_pixels``.
     """
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            orientation = image.getexif().get(0x0112, 1)  # EXIF Orientation
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                orientation = image.getexif().get(0x0112, 1)  # EXIF Orientation
+    except Image.DecompressionBombError as err:
+        raise ImageDecodeError(f"{name}: refused as a decompression bomb: {err}") from None
     except UnidentifiedImageError:
         raise ImageDecodeError(f"{name}: not an image in a supported format") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageDecodeError(f"{name}: corrupt image header: {err}") from None
+    if width * height > max_pixels:
+        raise ImageDecodeError(f"{name}: {width}x{height} = {width * height:,} pixels is over the limit of "
+                               f"{max_pixels:,} (a decompression bomb or an absurdly large image)")
     return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
 
 

@@ -277,8 +277,9 @@ class LCIE(nn.Module):
         decoder_layers, encoder_layers, num_heads, ffn_dim, dropout, activation: sizes.
         decoder_pos_embed: ``"none"`` or ``"sine"`` (keys of the label decoder).
         mask_ratio: Fraction of label tokens dropped by the partial branch.
-        branch_init: ``"zero"`` starts the spatial conv and the y_co head at zero (the model
-            starts as the LCIE row: y = y_ca); ``"paper"`` keeps their random initialisation.
+        branch_init: ``"zero"`` starts the spatial conv, the y_co head and the gain of
+            ``fused_norm`` at zero (with the label decoder on, the model starts as the LCIE row:
+            y = y_ca); ``"paper"`` keeps their random initialisation.
         spatial_norm: LayerNorm over the D channels of X_ml before the spatial conv.
         fused_norm: LayerNorm on the spatial half of each fused label token (eq. 6).
 
@@ -363,10 +364,13 @@ class LCIE(nn.Module):
                     nn.init.xavier_uniform_(param)
 
     def _zero_branch_outputs(self) -> None:
-        # y_sp = max of a zero map and y_co = a zero head: y = y_ca at the first step. Gradients
-        # still flow (amax spreads its gradient over tied maxima, the zero head's weight sees
-        # L_co), so each branch grows only as far as it lowers the loss.
-        for module in (self.spatial.conv if self.spatial is not None else None, self.head_co):
+        # y_sp = max of a zero map and y_co = a zero head: the model starts as without them
+        # (y = y_ca). Gradients still flow (amax spreads its gradient over tied maxima, the zero
+        # head's weight sees L_co), so each branch grows only as far as it lowers the loss. The
+        # fused spatial half starts at zero too: its LayerNorm's gain starts at zero, or the norm
+        # would blow the first, nearly constant maps of the zero conv up to unit scale.
+        modules = (self.spatial.conv if self.spatial is not None else None, self.head_co, self.fused_norm)
+        for module in modules:
             if module is not None:
                 nn.init.zeros_(module.weight)
                 nn.init.zeros_(module.bias)

@@ -105,6 +105,9 @@ def run_eval(args: argparse.Namespace) -> int:
 
     info = distributed.setup(args.device)
     model, meta = model_from_checkpoint(args.checkpoint)
+    if args.branches and model.baseline_head is not None:
+        raise ValueError(f"{args.checkpoint} is a baseline model (backbone + GAP + linear): --branches needs "
+                         f"the label decoder or the spatial branch")
     model.to(info.device).to(memory_format=torch.channels_last)
     data = load_data_spec(args.data, label_names=meta.label_names)
     preprocess = Preprocess(meta.preprocess)
@@ -125,8 +128,6 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.branches:
         from .evaluate import branch_report, format_branch_report
 
-        if not prediction.branches:
-            raise ValueError(f"{args.checkpoint} is a baseline model (backbone + GAP + linear): it has no branches")
         result["branches"] = branch_report(prediction, data.targets, list(meta.label_names),
                                            draws=args.bootstrap, seed=args.seed)
     if info.is_main:

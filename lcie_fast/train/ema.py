@@ -14,8 +14,9 @@ class ModelEMA:
     Buffers (BatchNorm statistics) are copied, not averaged. The EMA model is what is
     evaluated beside the trained one and exported when it scores better.
 
-    The decay warms up as in timm's ModelEmaV3: update t uses min(decay, (1 + t) / (10 + t)),
-    so a short fine-tuning run's average is not dominated by the weights it started from.
+    The decay warms up (TensorFlow's ExponentialMovingAverage ``num_updates`` rule): update t
+    uses min(decay, (1 + t) / (10 + t)), so a short fine-tuning run's average is not dominated
+    by the weights it started from.
 
     Args:
         model: The model being trained (unwrapped: no DDP / compile wrapper).

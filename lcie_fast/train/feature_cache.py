@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -89,6 +90,7 @@ class CachedTokenLoader:
         workers: Decoder processes while the cache is built.
         progress: Show a progress bar while building.
         cache_dir: Folder of token files shared between runs ('' keeps them in memory only).
+        processes_per_node: Processes on this machine that each hold a copy (the memory check).
 
     Raises:
         ConfigError: the cache would not fit in memory (the sizes are named).
@@ -96,7 +98,8 @@ class CachedTokenLoader:
 
     def __init__(self, model: torch.nn.Module, data: MultiLabelSet, preprocess: Preprocess, batch_size: int, *,
                  train: bool, seed: int = 0, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
-                 workers: int = 2, progress: bool = True, cache_dir: str | Path = "") -> None:
+                 workers: int = 2, progress: bool = True, cache_dir: str | Path = "",
+                 processes_per_node: int = 1) -> None:
         self.data = data
         self.batch_size = batch_size
         self.train = train
@@ -104,43 +107,64 @@ class CachedTokenLoader:
         self.sampler = EpochSampler(len(data), rank=rank, world_size=world_size, seed=seed, shuffle=train, flip=train)
         flips = (False, True) if train else (False,)
         num_tokens = model.token_hw[0] * model.token_hw[1]
-        needed = len(flips) * len(data) * num_tokens * model.dim * 4
+        needed = len(flips) * len(data) * num_tokens * model.dim * 4 * processes_per_node
         available = available_memory_bytes()
         if available is not None and needed > MEMORY_FRACTION * available:
             raise ConfigError(
                 f"train.cache_features: the image tokens of {len(data)} images x {len(flips)} flip(s) x "
-                f"{num_tokens} tokens x {model.dim} channels need {needed / 2**30:.1f} GiB, over "
-                f"{MEMORY_FRACTION:.0%} of the {available / 2**30:.1f} GiB available; turn it off")
-        self.path = None
-        if cache_dir:
-            key = cache_key(model, data, preprocess, flips)
-            self.path = Path(cache_dir) / f"tokens-{key[:24]}.pt"
-            if self.path.is_file():
-                saved = torch.load(self.path, map_location="cpu", weights_only=True)
-                self.tokens, self.decoded = saved["tokens"], saved["decoded"].numpy()
-                self.failed = [(int(i), str(p), str(r)) for i, p, r in saved["failed"]]
-                return
-        self.tokens = torch.empty(len(flips), len(data), num_tokens, model.dim)  # (flips, N, h*w, D)
-        self.decoded = np.zeros(len(data), dtype=bool)
+                f"{num_tokens} tokens x {model.dim} channels x {processes_per_node} process(es) need "
+                f"{needed / 2**30:.1f} GiB, over {MEMORY_FRACTION:.0%} of the {available / 2**30:.1f} GiB "
+                f"available; turn it off")
+        self.path = Path(cache_dir) / f"tokens-{cache_key(model, data, preprocess, flips)[:24]}.pt" if cache_dir else None
         self.failed: list[tuple[int, str, str]] = []
-        self._build(model, preprocess, flips, workers, progress)
+        if not self._read(len(flips), num_tokens, model.dim):
+            self.tokens = torch.empty(len(flips), len(data), num_tokens, model.dim)  # (flips, N, h*w, D)
+            self.decoded = np.zeros(len(data), dtype=bool)
+            self._build(model, preprocess, flips, np.arange(len(data)), workers, progress)
+        elif self.failed:  # a file that failed before may be readable now (a network share, a fixed file)
+            retry = np.array(sorted(index for index, _, _ in self.failed))
+            self.failed = []
+            self._build(model, preprocess, flips, retry, workers, progress)
+            if not self.decoded[retry].any():
+                return  # nothing new to write
+        else:
+            return
         if self.path is not None:
             with atomic_write(self.path, "wb") as handle:
                 torch.save({"tokens": self.tokens, "decoded": torch.from_numpy(self.decoded),
                             "failed": [list(f) for f in self.failed]}, handle)
 
+    def _read(self, flips: int, num_tokens: int, dim: int) -> bool:
+        """Load the token file when there is a usable one; a damaged file is rebuilt."""
+        if self.path is None or not self.path.is_file():
+            return False
+        try:
+            saved = torch.load(self.path, map_location="cpu", weights_only=True)
+            tokens, decoded = saved["tokens"], saved["decoded"].numpy()
+            failed = [(int(i), str(p), str(r)) for i, p, r in saved["failed"]]
+        except Exception as err:  # noqa: BLE001 - any unreadable cache file is rebuilt, never trusted
+            warnings.warn(f"{self.path}: unreadable token cache ({type(err).__name__}: {err}); rebuilding it")
+            return False
+        if tuple(tokens.shape) != (flips, len(self.data), num_tokens, dim) or decoded.shape != (len(self.data),):
+            warnings.warn(f"{self.path}: token cache of shape {tuple(tokens.shape)} does not fit; rebuilding it")
+            return False
+        self.tokens, self.decoded, self.failed = tokens, decoded, failed
+        return True
+
     @torch.no_grad()
-    def _build(self, model, preprocess: Preprocess, flips: tuple[bool, ...], workers: int, progress: bool) -> None:
-        loader = TorchLoader(self.data, preprocess, self.batch_size, train=False, workers=workers, device=self.device,
-                             channels_last=True)
+    def _build(self, model, preprocess: Preprocess, flips: tuple[bool, ...], indices: np.ndarray, workers: int,
+               progress: bool) -> None:
+        """Compute the tokens of the images at ``indices`` (dataset indices)."""
+        loader = TorchLoader(self.data.subset(indices), preprocess, self.batch_size, train=False, workers=workers,
+                             device=self.device, channels_last=True)
         was_training = model.training
         model.eval()
         desc = f"caching backbone tokens ({'train, both flips' if self.train else 'eval'})"
         for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
-            self.failed.extend(batch.failed)
+            self.failed.extend((int(indices[i]), path, reason) for i, path, reason in batch.failed)
             if not len(batch):
                 continue
-            index = batch.indices.cpu()
+            index = torch.from_numpy(indices[batch.indices.cpu().numpy()])
             for slot, flip in enumerate(flips):
                 tokens, _ = model.forward_features(batch.images.flip(-1) if flip else batch.images)
                 self.tokens[slot, index] = tokens.float().cpu()

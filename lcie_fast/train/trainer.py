@@ -46,6 +46,11 @@ from .schedules import make_schedule
 
 # Fault injection for the resume tests: the process dies (no cleanup) after this many steps.
 CRASH_ENV = "LCIE_FAST_CRASH_AFTER_STEPS"
+# Settings a resumed run must share with the run it continues (the rest, e.g. epochs or logging,
+# may change). Defaults change between versions: the saved run config is the reference.
+RESUME_MUST_MATCH = ("optimizer", "lr", "batch_size", "weight_decay", "momentum", "schedule", "amp",
+                     "loss_normalization", "loss_alpha", "loss_beta", "freeze_backbone", "freeze_bn",
+                     "backbone_lr_mult", "ema", "seed")
 
 
 def make_loader(data, preprocess, batch_size: int, *, train: bool, kind: str, seed: int, workers: int,
@@ -195,11 +200,24 @@ class Trainer:
         tcfg = self.config.train
         common = dict(seed=tcfg.seed, device=self.info.device, rank=self.info.rank, world_size=self.info.world_size,
                       workers=self.config.data.workers, progress=self.progress and self.info.is_main,
-                      cache_dir=tcfg.feature_cache_dir)
-        self.train_loader = CachedTokenLoader(self.model, self.train_set, self.preprocess, tcfg.batch_size,
-                                              train=True, **common)
-        self.val_loader = (CachedTokenLoader(self.model, self.val_set, self.preprocess, tcfg.batch_size,
-                                             train=False, **common) if self.val_set is not None else None)
+                      cache_dir=tcfg.feature_cache_dir,
+                      processes_per_node=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+        def build() -> None:
+            self.train_loader = CachedTokenLoader(self.model, self.train_set, self.preprocess, tcfg.batch_size,
+                                                  train=True, **common)
+            self.val_loader = (CachedTokenLoader(self.model, self.val_set, self.preprocess, tcfg.batch_size,
+                                                 train=False, **common) if self.val_set is not None else None)
+
+        if tcfg.feature_cache_dir and self.info.distributed:
+            # each node's first process computes and writes the tokens; the others read them
+            if self.info.local_rank == 0:
+                build()
+            distributed.barrier(self.info)
+            if self.info.local_rank != 0:
+                build()
+        else:
+            build()
         self._cache_failures = self.train_loader.failed + (self.val_loader.failed if self.val_loader else [])
 
     def _build_optimisation(self) -> None:
@@ -266,6 +284,13 @@ class Trainer:
         if list(checkpoint.meta.label_names) != self.label_names:
             raise ValueError(f"{path} was trained on labels {list(checkpoint.meta.label_names)}, "
                              f"this run has {self.label_names}")
+        saved = checkpoint.meta.extra.get("run_config", {}).get("train", {})
+        current = to_dict(self.config.train)
+        changed = {k: (saved[k], current[k]) for k in RESUME_MUST_MATCH if k in saved and saved[k] != current[k]}
+        if changed:
+            raise ValueError(f"{path} was trained with other settings than this run resumes with: " + ", ".join(
+                f"train.{k}={old!r} (now {new!r})" for k, (old, new) in changed.items())
+                + "; pass the saved values (a default may have changed between versions)")
         self.model.load_state_dict(checkpoint.model_state)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -384,9 +409,9 @@ class Trainer:
                       "steps_per_epoch": self.steps_per_epoch,
                       "partial_labels": vars(self.partial_stats) if self.partial_stats else None,
                       "skipped_rows": self.train_set.skipped})
-        if self.info.is_main and getattr(self, "_cache_failures", None):
-            self._report_failed(self._cache_failures)
-            self._cache_failures = []
+        if self.info.is_main and self.global_step == 0 and getattr(self, "_cache_failures", None):
+            self._report_failed(self._cache_failures)  # once per run, not again on every resume
+        self._cache_failures = []
         result: dict[str, Any] | None = None
         while self.epoch < tcfg.epochs:
             stats = self.train_epoch()
