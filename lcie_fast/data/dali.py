@@ -24,7 +24,6 @@ Nothing is lost and nothing is fatal.
 from __future__ import annotations
 
 import collections
-import warnings
 from typing import Iterator
 
 import numpy as np
@@ -68,20 +67,18 @@ def _build_pipeline(preprocess: Preprocess, batch_size: int, device_id: int | No
                            antialias=True)
         images = fn.flip(images, horizontal=flip)
         if policy != "none":
-            with warnings.catch_warnings():  # DALI's auto_aug still calls its own deprecated aliases
-                warnings.simplefilter("ignore", DeprecationWarning)
-                from nvidia.dali.auto_aug import rand_augment, trivial_augment
+            from nvidia.dali.auto_aug import rand_augment, trivial_augment
 
-                if policy == "trivialaugment":
-                    images = trivial_augment.trivial_augment_wide(images, shape=[config.input_size] * 2)
-                else:
-                    images = rand_augment.rand_augment(images, n=2, m=9, shape=[config.input_size] * 2)
+            if policy == "trivialaugment":
+                images = trivial_augment.trivial_augment_wide(images, shape=[config.input_size] * 2)
+            else:
+                images = rand_augment.rand_augment(images, n=2, m=9, shape=[config.input_size] * 2)
         return fn.crop_mirror_normalize(
             images, dtype=types.FLOAT, output_layout="HWC",
             mean=[255.0 * m for m in config.mean], std=[255.0 * s for s in config.std],
         )
 
-    pipe = pipeline()
+    pipe = pipeline()  # (DALI's auto_aug warns about its own deprecated aliases; DALI forces those warnings on)
     pipe.build()
     return pipe
 
