@@ -443,7 +443,8 @@ class RunConfig:
         model: Registered preset name.
         model_overrides: :class:`ModelConfig` fields to change (e.g. ``img_size: 224``).
         pretrained: Backbone weights: true (local ImageNet weights), false, or a path.
-        init_checkpoint: Start from this lcie_fast checkpoint's weights (fine-tuning).
+        init_checkpoint: Start from this lcie_fast checkpoint's weights and architecture
+            (fine-tuning; ``model_overrides`` still apply on top, ``pretrained`` is unused).
         data: :class:`DataConfig`.
         train: :class:`TrainConfig`.
         output: Run folder (checkpoints, log.jsonl, config.yaml, metrics).

@@ -203,3 +203,19 @@ def test_eval_reports_interval_support_and_branches(shapes, tmp_path):
     assert set(rows) == {"y_ca", "y_sp", "y_co", "y_ca + y_sp", "y_ca + y_co", "y_sp + y_co", "y_ca + y_sp + y_co"}
     assert rows["y_ca + y_sp + y_co"]["mAP"] == pytest.approx(data["mAP"], abs=1e-6)
     assert "| y_sp |" in result.stdout
+
+
+def test_fine_tuning_takes_the_architecture_of_its_init_checkpoint(shapes, tmp_path):
+    stage1 = tmp_path / "stage1"
+    _train(_common(shapes, stage1) + ["train.epochs=1", "train.freeze_backbone=true", "model_overrides.fused_norm=true",
+                                      "model_overrides.spatial_norm=layernorm"])
+    # stage 2 names no architecture: the checkpoint's switches (not today's defaults) are rebuilt
+    stage2 = tmp_path / "stage2"
+    _train(_common(shapes, stage2) + ["train.epochs=1", "train.freeze_bn=true", "train.lr=0.005",
+                                      f"init_checkpoint={stage1 / 'best.pt'}"])
+    config = load_checkpoint(stage2 / "last.pt").meta.model_config
+    assert config.fused_norm and config.spatial_norm == "layernorm"
+    args = _common(shapes, tmp_path / "other") + [f"init_checkpoint={stage1 / 'best.pt'}"]
+    args[args.index("lcie_tiny")] = "lcie_effl0_448"
+    other = _train(args, check=False)
+    assert other.returncode == 1 and "holds preset 'lcie_tiny'" in other.stderr

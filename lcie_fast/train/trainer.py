@@ -16,6 +16,7 @@ in the epoch, and every rank's RNG states; the data order and flips are pure fun
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -29,13 +30,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..config import RunConfig, save_yaml, to_dict
+from ..errors import UserError
 from ..data.augment import Augment
 from ..data.datasets import absolute_spec, load_data_spec
 from ..data.partial import drop_labels
 from ..data.transforms import Preprocess
 from ..io import write_json
 from ..metrics import format_metrics
-from ..models import create_model
+from ..models import build, create_model
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.losses import LCIELoss
 from . import distributed
@@ -43,6 +45,10 @@ from .amp import AmpPolicy
 from .ema import ModelEMA
 from .evaluate import predict, score
 from .schedules import make_schedule
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the message says where and what to change."""
+
 
 # Fault injection for the resume tests: the process dies (no cleanup) after this many steps.
 CRASH_ENV = "LCIE_FAST_CRASH_AFTER_STEPS"
@@ -149,15 +155,28 @@ class Trainer:
 
     def _build_model(self) -> None:
         cfg, tcfg = self.config, self.config.train
-        pretrained = None if cfg.init_checkpoint else (cfg.pretrained or None)
-        model = create_model(cfg.model, num_classes=len(self.label_names), pretrained=pretrained, **cfg.model_overrides)
         if cfg.init_checkpoint:
+            # fine-tuning: the checkpoint's own architecture (whatever the defaults are today),
+            # with this run's model_overrides on top
             checkpoint = load_checkpoint(cfg.init_checkpoint)
+            if checkpoint.meta.preset != cfg.model:
+                raise ValueError(f"init_checkpoint {cfg.init_checkpoint} holds preset '{checkpoint.meta.preset}', "
+                                 f"this run trains '{cfg.model}'")
+            try:
+                model_config = dataclasses.replace(checkpoint.meta.model_config, num_classes=len(self.label_names),
+                                                   **cfg.model_overrides)
+            except TypeError as err:
+                raise ValueError(f"model_overrides {cfg.model_overrides}: {err}") from None
+            model = build(model_config, pretrained=None)
+            model.preset = cfg.model
             try:
                 model.load_state_dict(checkpoint.model_state)
             except RuntimeError as err:
                 raise ValueError(f"init_checkpoint {cfg.init_checkpoint} does not fit {cfg.model} with "
                                  f"{len(self.label_names)} labels: {err}") from None
+        else:
+            model = create_model(cfg.model, num_classes=len(self.label_names), pretrained=cfg.pretrained or None,
+                                 **cfg.model_overrides)
         if tcfg.freeze_backbone:
             model.backbone.requires_grad_(False)
         if tcfg.freeze_bn:
@@ -354,6 +373,11 @@ class Trainer:
             with self.amp.autocast():
                 outputs = self.forward_model(batch.images)
             loss = self.criterion(outputs, batch.targets, batch.mask)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"the loss is {loss.item()} at step {self.global_step + 1} (epoch {self.epoch + 1}): training "
+                    f"diverged; lower train.lr (now {tcfg.lr}) or set train.grad_clip; {self.out / 'last.pt'} "
+                    f"holds the last good state")
             self.amp.scaler.scale(loss).backward()
             if tcfg.grad_clip:
                 self.amp.scaler.unscale_(self.optimizer)
