@@ -11,9 +11,11 @@ DALI operators (see :mod:`lcie_fast.data.dali`); tests bound the difference.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -39,7 +41,7 @@ def decode_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXEL
         ImageDecodeError: empty input, unreadable or unsupported format, truncated data, or
             more than ``max_pixels`` pixels (checked from the header, before decoding).
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import ImageOps
 
     name = "<bytes>" if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
     try:
@@ -55,26 +57,9 @@ def decode_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXEL
         raise ImageDecodeError(f"{name}: cannot read: {err.strerror or err}") from None
     if not data:
         raise ImageDecodeError(f"{name}: empty file (zero bytes)")
-    try:
-        with warnings.catch_warnings():
-            # our own pixel limit applies (below); PIL still refuses images over twice its own
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageDecodeError(
-                    f"{name}: {width}x{height} = {width * height:,} pixels is over the limit of "
-                    f"{max_pixels:,} (a decompression bomb or an absurdly large image)")
-            image.load()
-            image = ImageOps.exif_transpose(image)
-    except ImageDecodeError:
-        raise
-    except Image.DecompressionBombError as err:
-        raise ImageDecodeError(f"{name}: refused as a decompression bomb: {err}") from None
-    except UnidentifiedImageError:
-        raise ImageDecodeError(f"{name}: not an image in a supported format") from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ImageDecodeError(f"{name}: corrupt or truncated image data: {err}") from None
+    with _open_image(data, name, max_pixels) as image:
+        image.load()
+        image = ImageOps.exif_transpose(image)
     return _to_rgb8(image, name)
 
 
@@ -85,24 +70,37 @@ def image_header_size(data: bytes, name: str = "<bytes>", max_pixels: int = DEFA
     Raises:
         ImageDecodeError: the header cannot be read, or the image has more than ``max_pixels``.
     """
+    with _open_image(data, name, max_pixels) as image:
+        width, height = image.size
+        orientation = image.getexif().get(0x0112, 1)  # EXIF Orientation
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+
+
+@contextlib.contextmanager
+def _open_image(data: bytes, name: str, max_pixels: int) -> Iterator:
+    """The PIL image of encoded bytes, its pixel count checked from the header before anything
+    is decoded; every PIL failure inside the block becomes an :class:`ImageDecodeError`."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
+            # our own pixel limit applies (below); PIL still refuses images over twice its own
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
                 width, height = image.size
-                orientation = image.getexif().get(0x0112, 1)  # EXIF Orientation
+                if width * height > max_pixels:
+                    raise ImageDecodeError(
+                        f"{name}: {width}x{height} = {width * height:,} pixels is over the limit of "
+                        f"{max_pixels:,} (a decompression bomb or an absurdly large image)")
+                yield image
+    except ImageDecodeError:
+        raise
     except Image.DecompressionBombError as err:
         raise ImageDecodeError(f"{name}: refused as a decompression bomb: {err}") from None
     except UnidentifiedImageError:
         raise ImageDecodeError(f"{name}: not an image in a supported format") from None
     except (OSError, SyntaxError, ValueError) as err:
-        raise ImageDecodeError(f"{name}: corrupt image header: {err}") from None
-    if width * height > max_pixels:
-        raise ImageDecodeError(f"{name}: {width}x{height} = {width * height:,} pixels is over the limit of "
-                               f"{max_pixels:,} (a decompression bomb or an absurdly large image)")
-    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+        raise ImageDecodeError(f"{name}: corrupt or truncated image data: {err}") from None
 
 
 def _to_rgb8(image, name: str) -> np.ndarray:
