@@ -21,6 +21,7 @@ Reported per row: mean and min-max over seeds of mAP, CF1, OF1 and their top-3 f
 each resample scores every seed's model and averages them), so both the training noise (range)
 and the noise of a small test set (interval) are visible. With ``--branches``, each LCIE row's
 y_ca / y_sp / y_co diagnostics are printed as well. Writes ``table3.md`` and ``table3.json``.
+Rerunning the same command after an interruption skips the runs that finished.
 
 Example (2 CPU cores, about 2 hours):
 
@@ -117,10 +118,16 @@ def main() -> None:
                                   log_every=20),
                 output=str(run_dir),
             )
-            start = time.perf_counter()
-            trainer = Trainer(config, device="cpu", progress=False)
-            trainer.fit()
-            seconds = time.perf_counter() - start
+            # a rerun after an interruption skips the runs that finished with the same settings
+            done = run_dir / "done.json"
+            settings = {"config": repr(config)}
+            if done.is_file() and json.loads(done.read_text()).get("config") == settings["config"]:
+                seconds = json.loads(done.read_text())["seconds"]
+            else:
+                start = time.perf_counter()
+                Trainer(config, device="cpu", progress=False).fit()
+                seconds = time.perf_counter() - start
+                done.write_text(json.dumps({**settings, "seconds": seconds}))
             model, meta = model_from_checkpoint(run_dir / "best.pt")
             if report_set is None:
                 report_set = load_data_spec(args.val, label_names=meta.label_names)

@@ -65,7 +65,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="score a checkpoint on a labelled data spec (Table 1 metrics)",
-                       description="Print mAP with its 95%% bootstrap interval, CP, CR, CF1, OP, OR, OF1 (all and "
+                       description="Print mAP with its 95% bootstrap interval, CP, CR, CF1, OP, OR, OF1 (all and "
                                    "top-3) and per-class AP with support counts; write JSON. --branches also scores "
                                    "y_ca, y_sp, y_co alone and every partial sum of them.")
     p.add_argument("checkpoint", help="an lcie_fast checkpoint (.pt)")
