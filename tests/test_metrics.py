@@ -223,3 +223,24 @@ def test_support_counts_positives_per_class():
     result = multilabel_metrics(scores, targets, from_logits=True, class_names=list("abcd"))
     assert result["support"] == {name: int(targets[:, i].sum()) for i, name in enumerate("abcd")}
     assert f"(n={result['support']['a']})" in format_metrics(result)
+
+
+def test_compare_predictions_aligns_images_and_finds_a_real_improvement():
+    from lcie_fast.train.evaluate import Prediction, compare_predictions
+
+    rng = np.random.default_rng(5)
+    targets = (rng.random((300, 4)) < 0.3).astype(np.float32)
+    good = targets * 2.0 + rng.normal(size=targets.shape)  # separates positives well
+    weak = targets * 0.3 + rng.normal(size=targets.shape)
+    # the reference lost images 0-9 (unreadable) and lists the rest in another order
+    kept = rng.permutation(np.arange(10, 300))
+    prediction = Prediction(logits=good.astype(np.float32), indices=np.arange(300), failed=[], seconds=1.0)
+    reference = Prediction(logits=weak[kept].astype(np.float32), indices=kept, failed=[], seconds=1.0)
+    result = compare_predictions(prediction, reference, targets, draws=200)
+    common = np.arange(10, 300)
+    expected = (multilabel_metrics(good[common], targets[common], from_logits=True)["mAP"]
+                - multilabel_metrics(weak[common], targets[common], from_logits=True)["mAP"])
+    print(result)
+    assert result["images"] == 290 and result["dmAP"] == pytest.approx(expected, abs=1e-9)
+    low, high = result["dmAP_ci95"]
+    assert 0 < low < result["dmAP"] < high

@@ -100,7 +100,8 @@ def test_eval_cli_prints_table1_metrics_and_writes_json(shapes, tmp_path):
     report = tmp_path / "eval.json"
     result = subprocess.run([sys.executable, "-m", "lcie_fast", "eval", str(out / "last.pt"), "--data",
                              str(shapes / "valid"), "--device", "cpu", "--loader", "torch", "--workers", "0",
-                             "--json", str(report), "--no-progress", "--branches", "--bootstrap", "200"],
+                             "--json", str(report), "--no-progress", "--branches", "--bootstrap", "200",
+                             "--against", str(out / "last.pt")],
                             capture_output=True, text=True, check=True)
     assert "CF1_top3" in result.stdout and "per-class AP" in result.stdout
     data = json.loads(report.read_text())
@@ -113,6 +114,10 @@ def test_eval_cli_prints_table1_metrics_and_writes_json(shapes, tmp_path):
     assert set(rows) == {"y_ca", "y_sp", "y_co", "y_ca + y_sp", "y_ca + y_co", "y_sp + y_co", "y_ca + y_sp + y_co"}
     assert rows["y_ca + y_sp + y_co"]["mAP"] == pytest.approx(data["mAP"], abs=1e-6)
     assert "| y_sp |" in result.stdout
+    # against itself: the same logits on the same resamples, so the paired difference is exactly zero
+    versus = data["against"]
+    assert versus["dmAP"] == 0 and versus["dmAP_ci95"] == [0, 0] and versus["images"] == 12
+    assert "paired 95% interval +0.00 to +0.00" in result.stdout
 
 
 def test_resume_refuses_other_training_settings(shapes, tmp_path):

@@ -83,6 +83,9 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bootstrap", type=int, default=1000, metavar="DRAWS",
                    help="resamples of the images for the 95%% interval of mAP (0: none; default 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
+    p.add_argument("--against", metavar="CKPT",
+                   help="also score this checkpoint on the same images and report the mAP difference with its "
+                        "paired 95%% bootstrap interval (is a fine-tuned model really better than its start?)")
     p.add_argument("--fit-thresholds", metavar="PATH",
                    help="also fit per-class thresholds (best F1 per class on this data) and write them as JSON "
                         "for lcie-fast tag --thresholds")
@@ -100,22 +103,29 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..models.checkpoint import model_from_checkpoint
     from . import distributed
     from .amp import AmpPolicy
-    from .evaluate import predict, score
+    from .evaluate import compare_predictions, predict, score
     from .trainer import make_loader
 
     info = distributed.setup(args.device)
-    model, meta = model_from_checkpoint(args.checkpoint)
-    if args.branches and model.baseline_head is not None:
-        raise ValueError(f"{args.checkpoint} is a baseline model (backbone + GAP + linear): --branches needs "
-                         f"the label decoder or the spatial branch")
-    model.to(info.device).to(memory_format=torch.channels_last)
-    data = load_data_spec(args.data, label_names=meta.label_names)
-    preprocess = Preprocess(meta.preprocess)
-    loader = make_loader(data, preprocess, args.batch_size, train=False, kind=args.loader, seed=0,
-                         workers=args.workers, info=info, channels_last=True)
     amp = AmpPolicy(args.amp, info.device)
-    prediction = predict(model, loader, autocast=amp.autocast, info=info, progress=not args.no_progress,
-                         branches=args.branches)
+
+    def load_and_predict(checkpoint, data=None, branches=False):
+        model, meta = model_from_checkpoint(checkpoint)
+        if branches and model.baseline_head is not None:
+            raise ValueError(f"{checkpoint} is a baseline model (backbone + GAP + linear): --branches needs "
+                             f"the label decoder or the spatial branch")
+        if data is None:
+            data = load_data_spec(args.data, label_names=meta.label_names)
+        elif list(meta.label_names) != list(data.label_names):
+            raise ValueError(f"--against {checkpoint}: its labels {list(meta.label_names)} differ from "
+                             f"{args.checkpoint}'s {list(data.label_names)}")
+        model.to(info.device).to(memory_format=torch.channels_last)
+        loader = make_loader(data, Preprocess(meta.preprocess), args.batch_size, train=False, kind=args.loader,
+                             seed=0, workers=args.workers, info=info, channels_last=True)
+        return predict(model, loader, autocast=amp.autocast, info=info, progress=not args.no_progress,
+                       branches=branches), meta, data
+
+    prediction, meta, data = load_and_predict(args.checkpoint, branches=args.branches)
     result = score(prediction, data.targets, list(meta.label_names), args.threshold)
     result.update({"checkpoint": str(args.checkpoint), "data": args.data, "images_per_s": prediction.images_per_second,
                    "failed": [{"path": p, "reason": r} for _, p, r in prediction.failed]})
@@ -125,6 +135,10 @@ def run_eval(args: argparse.Namespace) -> int:
         result["mAP_ci95"] = list(bootstrap_interval(prediction.logits, data.targets[prediction.indices],
                                                      draws=args.bootstrap, seed=args.seed))
         result["bootstrap_draws"] = args.bootstrap
+    if args.against:
+        result["against"] = compare_predictions(prediction, load_and_predict(args.against, data)[0], data.targets,
+                                                draws=max(args.bootstrap, 1), seed=args.seed)
+        result["against"]["checkpoint"] = str(args.against)
     if args.branches:
         from .evaluate import branch_report, format_branch_report
 
@@ -134,6 +148,11 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"{args.checkpoint} on {args.data}: {len(prediction.indices)} images"
               + (f", {len(prediction.failed)} unreadable (skipped)" if prediction.failed else ""))
         print(format_metrics(result))
+        if args.against:
+            versus = result["against"]
+            print(f"against {args.against}: mAP {versus['mAP']:.2f} -> {result['mAP']:.2f}, difference "
+                  f"{versus['dmAP']:+.2f}, paired 95% interval {versus['dmAP_ci95'][0]:+.2f} to "
+                  f"{versus['dmAP_ci95'][1]:+.2f} ({versus['images']} images, {versus['draws']} resamples)")
         if args.branches:
             print("\nbranches (logits of y = y_ca + y_sp + y_co, alone and summed):")
             print(format_branch_report(result["branches"]))

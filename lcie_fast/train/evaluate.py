@@ -109,6 +109,30 @@ def branch_report(prediction: Prediction, targets: np.ndarray, label_names: list
     return rows
 
 
+def compare_predictions(prediction: Prediction, reference: Prediction, targets: np.ndarray, *, draws: int = 1000,
+                        seed: int = 0) -> dict[str, Any]:
+    """mAP of ``prediction`` minus that of ``reference`` on the images both scored, with its paired
+    bootstrap interval (the same resamples score both, so image difficulty cancels).
+
+    Args:
+        prediction, reference: Two models' predictions over the same dataset.
+        targets: The dataset's (N_all, C) targets.
+
+    Returns:
+        ``mAP`` (the reference's), ``dmAP``, ``dmAP_ci95`` (points), ``images`` and ``draws``.
+    """
+    from ..metrics import bootstrap_interval
+
+    common, rows, ref_rows = np.intersect1d(prediction.indices, reference.indices, return_indices=True)
+    if not len(common):
+        raise ValueError("the two predictions share no image: nothing to compare")
+    logits, ref_logits, targets = prediction.logits[rows], reference.logits[ref_rows], targets[common]
+    ref_map = multilabel_metrics(ref_logits, targets, from_logits=True)["mAP"]
+    dmap = multilabel_metrics(logits, targets, from_logits=True)["mAP"] - ref_map
+    interval = bootstrap_interval(logits, targets, reference=ref_logits, draws=draws, seed=seed)
+    return {"mAP": ref_map, "dmAP": dmap, "dmAP_ci95": list(interval), "images": int(len(common)), "draws": draws}
+
+
 def format_branch_report(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of :func:`branch_report`."""
     lines = ["| logits | mAP | 95% interval | mean logit | spread across images | per-class AP |",
