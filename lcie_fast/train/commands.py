@@ -150,7 +150,7 @@ def run_eval(args: argparse.Namespace) -> int:
         print(format_metrics(result))
         if args.against:
             versus = result["against"]
-            print(f"against {args.against}: mAP {versus['mAP']:.2f} -> {result['mAP']:.2f}, difference "
+            print(f"against {args.against}: mAP {versus['reference_mAP']:.2f} -> {result['mAP']:.2f}, difference "
                   f"{versus['dmAP']:+.2f}, paired 95% interval {versus['dmAP_ci95'][0]:+.2f} to "
                   f"{versus['dmAP_ci95'][1]:+.2f} ({versus['images']} images, {versus['draws']} resamples)")
         if args.branches:

@@ -119,7 +119,7 @@ def compare_predictions(prediction: Prediction, reference: Prediction, targets: 
         targets: The dataset's (N_all, C) targets.
 
     Returns:
-        ``mAP`` (the reference's), ``dmAP``, ``dmAP_ci95`` (points), ``images`` and ``draws``.
+        ``reference_mAP``, ``dmAP``, ``dmAP_ci95`` (points), ``images`` and ``draws``.
     """
     from ..metrics import bootstrap_interval
 
@@ -130,7 +130,8 @@ def compare_predictions(prediction: Prediction, reference: Prediction, targets: 
     ref_map = multilabel_metrics(ref_logits, targets, from_logits=True)["mAP"]
     dmap = multilabel_metrics(logits, targets, from_logits=True)["mAP"] - ref_map
     interval = bootstrap_interval(logits, targets, reference=ref_logits, draws=draws, seed=seed)
-    return {"mAP": ref_map, "dmAP": dmap, "dmAP_ci95": list(interval), "images": int(len(common)), "draws": draws}
+    return {"reference_mAP": ref_map, "dmAP": dmap, "dmAP_ci95": list(interval), "images": int(len(common)),
+            "draws": draws}
 
 
 def format_branch_report(rows: list[dict[str, Any]]) -> str:
