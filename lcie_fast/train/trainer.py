@@ -30,11 +30,11 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..config import RunConfig, save_yaml, to_dict
-from ..errors import UserError
 from ..data.augment import Augment
 from ..data.datasets import absolute_spec, load_data_spec
 from ..data.partial import drop_labels
 from ..data.transforms import Preprocess
+from ..errors import InvalidInputError, UserError
 from ..io import write_json
 from ..metrics import format_metrics
 from ..models import build, create_model
@@ -45,6 +45,7 @@ from .amp import AmpPolicy
 from .ema import ModelEMA
 from .evaluate import predict, score
 from .schedules import make_schedule
+
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the message says where and what to change."""
@@ -144,7 +145,7 @@ class Trainer:
     def _load_data(self) -> None:
         dcfg = self.config.data
         if not dcfg.train:
-            raise ValueError("data.train is empty: give a data spec (e.g. --data path/to/train)")
+            raise InvalidInputError("data.train is empty: give a data spec (e.g. --data path/to/train)")
         train_set = load_data_spec(dcfg.train, on_error=dcfg.on_error)
         self.label_names = list(train_set.label_names)
         self.partial_stats = None
@@ -160,19 +161,17 @@ class Trainer:
             # with this run's model_overrides on top
             checkpoint = load_checkpoint(cfg.init_checkpoint)
             if checkpoint.meta.preset != cfg.model:
-                raise ValueError(f"init_checkpoint {cfg.init_checkpoint} holds preset '{checkpoint.meta.preset}', "
+                raise InvalidInputError(f"init_checkpoint {cfg.init_checkpoint} holds preset '{checkpoint.meta.preset}', "
                                  f"this run trains '{cfg.model}'")
-            try:
-                model_config = dataclasses.replace(checkpoint.meta.model_config, num_classes=len(self.label_names),
-                                                   **cfg.model_overrides)
-            except TypeError as err:
-                raise ValueError(f"model_overrides {cfg.model_overrides}: {err}") from None
+            # model_overrides were checked against ModelConfig's fields when the config was loaded
+            model_config = dataclasses.replace(checkpoint.meta.model_config, num_classes=len(self.label_names),
+                                               **cfg.model_overrides)
             model = build(model_config, pretrained=None)
             model.preset = cfg.model
             try:
                 model.load_state_dict(checkpoint.model_state)
             except RuntimeError as err:
-                raise ValueError(f"init_checkpoint {cfg.init_checkpoint} does not fit {cfg.model} with "
+                raise InvalidInputError(f"init_checkpoint {cfg.init_checkpoint} does not fit {cfg.model} with "
                                  f"{len(self.label_names)} labels: {err}") from None
         else:
             model = create_model(cfg.model, num_classes=len(self.label_names), pretrained=cfg.pretrained or None,
@@ -206,7 +205,7 @@ class Trainer:
             self.val_loader = (make_loader(self.val_set, self.preprocess, tcfg.batch_size, train=False, **common)
                                if self.val_set is not None else None)
         if len(self.train_loader) == 0:
-            raise ValueError(f"the training set ({len(self.train_set)} images) is smaller than one batch of "
+            raise InvalidInputError(f"the training set ({len(self.train_set)} images) is smaller than one batch of "
                              f"{tcfg.batch_size} x {self.info.world_size} processes")
 
     def _build_token_caches(self, augment: Augment) -> None:
@@ -299,15 +298,15 @@ class Trainer:
         checkpoint = load_checkpoint(path, expected_preset=self.config.model)
         state = checkpoint.train_state
         if not state:
-            raise ValueError(f"{path} holds no training state (a best.pt or exported model?); resume from last.pt")
+            raise InvalidInputError(f"{path} holds no training state (a best.pt or exported model?); resume from last.pt")
         if list(checkpoint.meta.label_names) != self.label_names:
-            raise ValueError(f"{path} was trained on labels {list(checkpoint.meta.label_names)}, "
+            raise InvalidInputError(f"{path} was trained on labels {list(checkpoint.meta.label_names)}, "
                              f"this run has {self.label_names}")
         saved = checkpoint.meta.extra.get("run_config", {}).get("train", {})
         current = to_dict(self.config.train)
         changed = {k: (saved[k], current[k]) for k in RESUME_MUST_MATCH if k in saved and saved[k] != current[k]}
         if changed:
-            raise ValueError(f"{path} was trained with other settings than this run resumes with: " + ", ".join(
+            raise InvalidInputError(f"{path} was trained with other settings than this run resumes with: " + ", ".join(
                 f"train.{k}={old!r} (now {new!r})" for k, (old, new) in changed.items())
                 + "; pass the saved values (a default may have changed between versions)")
         self.model.load_state_dict(checkpoint.model_state)
