@@ -5,7 +5,8 @@ Parity first, then timings, every variant side by side in one process, then one 
 1. fast ops (Triton / CUDA) against their references at the presets' shapes, and their speed
    against the roofline measured on this GPU (``bench_ops.py``);
 2. the whole model (default ``lcie_r101_448``) at batch 1/16/64: eager FP32, AMP FP16
-   channels-last, AMP FP16 + fast ops, torch.compile FP16, torch.compile + CUDA graphs:
+   channels-last, AMP FP16 + fast ops, torch.compile FP16, torch.compile + CUDA graphs (the
+   library's list, ``lcie_fast.runtime.variants.backend_variants``):
    logit parity against eager FP32, images/s, latency p50/p99 at batch 1, peak memory;
 3. training steps: AMP + channels-last against FP32 contiguous (images/s, peak memory);
 4. end-to-end tagging from JPEG files against model-only.
@@ -19,7 +20,6 @@ Writes ``gpu_report.md`` and ``gpu_report.json`` to ``--output``.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import subprocess
@@ -44,23 +44,16 @@ def timed(fn, device: torch.device, reps: int, warmup: int = 3) -> list[float]:
 def model_section(args, device, lines, report) -> None:
     from lcie_fast import create_model
     from lcie_fast.metadata import metadata_for
-    from lcie_fast.runtime.torch_backends import CompiledBackend, EagerBackend
+    from lcie_fast.runtime.variants import backend_variants
 
     torch.manual_seed(0)
     model = create_model(args.preset)
     meta = metadata_for(model)
     size = meta.preprocess.input_size
     gpu = device.type == "cuda"
-    low = "fp16" if gpu else "bf16"
-    variants = [
-        ("eager fp32", lambda: EagerBackend(copy.deepcopy(model), meta, str(device), "fp32", channels_last=False)),
-        (f"eager AMP {low} channels-last", lambda: EagerBackend(copy.deepcopy(model), meta, str(device), low)),
-        (f"eager AMP {low} + fast ops", lambda: EagerBackend(copy.deepcopy(model), meta, str(device), low, fast_ops="auto")),
-        (f"torch.compile {low}", lambda: CompiledBackend(copy.deepcopy(model), meta, str(device), low)),
-    ]
-    if gpu:
-        variants.append((f"torch.compile {low} + CUDA graphs",
-                         lambda: CompiledBackend(copy.deepcopy(model), meta, str(device), low, cuda_graphs=True)))
+    # the library's one list of backends (eager FP32 channels-last first: the baseline)
+    variants = [(v.label, v.build) for v in backend_variants(model, meta, str(device), compile_=True,
+                                                             memory_formats=True, bf16=not gpu)]
     images = torch.randn(max(args.batches), 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
     parity_images = images[:8]
     rows, reference = [], None
@@ -85,8 +78,8 @@ def model_section(args, device, lines, report) -> None:
             rows.append(row)
             print(f"  {name:40s} b{batch:<3d} {row['images_per_s']:9.1f} img/s", file=sys.stderr, flush=True)
         backend.close()
-    base = {r["batch"]: r["images_per_s"] for r in rows if r["variant"] == "eager fp32"}
-    lines += [f"## {args.preset}: whole model ({size}x{size}), parity on 8 random inputs vs eager fp32", "",
+    base = {r["batch"]: r["images_per_s"] for r in rows if r["variant"] == variants[0][0]}
+    lines += [f"## {args.preset}: whole model ({size}x{size}), parity on 8 random inputs vs {variants[0][0]}", "",
               "| variant | batch | images/s | x eager fp32 | p50 / p99 ms | peak MiB | max abs dlogit | min cosine |",
               "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -146,9 +139,10 @@ def tagging_section(args, device, lines, report, out: Path) -> None:
     from lcie_fast import create_model
     from lcie_fast.data.synthetic import make_synthetic_set
     from lcie_fast.demo import find_traffic5
+    from lcie_fast.inputs import expand_inputs
     from lcie_fast.metadata import metadata_for
-    from lcie_fast.runtime.torch_backends import EagerBackend
-    from lcie_fast.tagger import Tagger, expand_inputs
+    from lcie_fast.runtime import open_backend
+    from lcie_fast.tagger import Tagger
 
     traffic5 = find_traffic5()
     folder = traffic5 / "valid" / "images" if traffic5 else make_synthetic_set(out / "jpegs", splits={"set": 256},
@@ -157,7 +151,7 @@ def tagging_section(args, device, lines, report, out: Path) -> None:
     torch.manual_seed(0)
     model = create_model(args.preset)
     precision = "fp16" if device.type == "cuda" else "fp32"
-    tagger = Tagger(EagerBackend(model, metadata_for(model), str(device), precision, fast_ops="auto"))
+    tagger = Tagger(open_backend(model, "eager", str(device), meta=metadata_for(model), precision=precision))
     batch = 64 if device.type == "cuda" else 8
     list(tagger.tag(files[:batch], batch_size=batch, decoder="threads"))  # warm-up
     start = time.perf_counter()

@@ -12,9 +12,6 @@ every backend measured in the same process and run.
 
 from __future__ import annotations
 
-import argparse
-import copy
-import dataclasses
 import resource
 import statistics
 import sys
@@ -25,7 +22,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .io import write_json
+from .errors import InputNotFoundError, InvalidInputError
+from .runtime.variants import Variant
 
 
 def time_calls(fn: Callable[[], object], synchronize: Callable[[], None], reps: int, warmup: int = 2) -> list[float]:
@@ -42,16 +40,9 @@ def time_calls(fn: Callable[[], object], synchronize: Callable[[], None], reps: 
     return times
 
 
-@dataclasses.dataclass
-class BenchVariant:
-    label: str
-    precision: str
-    memory_format: str
-    build: Callable[[], Any]
-
-
 def _model_and_meta(model_spec: str, num_classes: int | None):
     """(model or None, metadata, path or None) for a preset name, a checkpoint, or a graph/engine."""
+    from .artifacts import artifact_kind, read_artifact_metadata
     from .metadata import metadata_for
     from .models import create_model, list_models
 
@@ -61,16 +52,9 @@ def _model_and_meta(model_spec: str, num_classes: int | None):
         return model, metadata_for(model), None
     path = Path(model_spec)
     if not path.is_file():
-        raise FileNotFoundError(f"{model_spec} is neither a preset ({', '.join(list_models())}) nor a file")
-    if path.suffix == ".onnx":
-        from .deploy.export import read_metadata
-
-        return None, read_metadata(path), path
-    if path.suffix == ".engine":
-        from .deploy.tensorrt import read_sidecar
-        from .metadata import ModelMetadata
-
-        return None, ModelMetadata.from_dict(read_sidecar(path)["metadata"]), path
+        raise InputNotFoundError(f"{model_spec} is neither a preset ({', '.join(list_models())}) nor a file")
+    if artifact_kind(path) != "checkpoint":
+        return None, read_artifact_metadata(path), path
     from .models.checkpoint import model_from_checkpoint
 
     model, meta = model_from_checkpoint(path)
@@ -78,54 +62,17 @@ def _model_and_meta(model_spec: str, num_classes: int | None):
 
 
 def bench_variants(model, meta, path: Path | None, device: str, onnx: str | None, engines: list[str],
-                   compile_: bool) -> list[BenchVariant]:
+                   compile_: bool) -> list[Variant]:
     """Eager FP32 first (the baseline), then every backend that can run here."""
-    from .runtime.onnxruntime import OnnxRuntimeBackend
-    from .runtime.torch_backends import CompiledBackend, EagerBackend
+    from .artifacts import artifact_kind, graph_paths
+    from .runtime.variants import backend_variants
 
-    variants: list[BenchVariant] = []
-    if model is not None:
-        def eager(precision, fast_ops="ref", channels_last=True):
-            return lambda: EagerBackend(copy.deepcopy(model), meta, device, precision, channels_last, fast_ops)
-
-        variants.append(BenchVariant(f"eager fp32 ({device})", "fp32", "channels-last", eager("fp32")))
-        variants.append(BenchVariant(f"eager fp32 contiguous ({device})", "fp32", "contiguous",
-                                     eager("fp32", channels_last=False)))
-        variants.append(BenchVariant(f"eager fp32 + fast ops ({device})", "fp32", "channels-last", eager("fp32", "auto")))
-        if device.startswith("cuda"):
-            variants.append(BenchVariant(f"eager AMP fp16 ({device})", "fp16", "channels-last", eager("fp16")))
-            variants.append(BenchVariant(f"eager AMP bf16 ({device})", "bf16", "channels-last", eager("bf16")))
-            variants.append(BenchVariant(f"eager AMP fp16 + fast ops ({device})", "fp16", "channels-last",
-                                         eager("fp16", "auto")))
-        if compile_:
-            precision = "fp16" if device.startswith("cuda") else "fp32"
-            variants.append(BenchVariant(f"torch.compile {precision} ({device})", precision, "channels-last",
-                                         lambda: CompiledBackend(copy.deepcopy(model), meta, device, precision)))
-            if device.startswith("cuda"):
-                variants.append(BenchVariant(f"torch.compile + CUDA graphs fp16 ({device})", "fp16", "channels-last",
-                                             lambda: CompiledBackend(copy.deepcopy(model), meta, device, "fp16",
-                                                                     cuda_graphs=True)))
-    graphs = []
-    if path is not None and path.suffix == ".onnx":
-        graphs.append(path)
+    graphs = [path] if path is not None and artifact_kind(path) == "onnx" else []
     if onnx:
-        from .deploy.commands import graph_paths
-
-        graphs += [p for p in graph_paths(onnx).values() if p.is_file() and p not in graphs]
-    from .deploy.export import read_metadata
-
-    for graph in graphs:
-        precision = read_metadata(graph).precision
-        variants.append(BenchVariant(f"onnxruntime {precision} graph (cpu)", precision, "contiguous",
-                                     lambda graph=graph: OnnxRuntimeBackend(graph)))
-    for engine in ([str(path)] if path is not None and path.suffix == ".engine" else []) + engines:
-        from .deploy.tensorrt import read_sidecar
-        from .runtime.tensorrt import TensorRTBackend
-
-        precision = read_sidecar(engine)["metadata"]["precision"]
-        variants.append(BenchVariant(f"tensorrt {precision}", precision, "contiguous",
-                                     lambda engine=engine: TensorRTBackend(engine)))
-    return variants
+        graphs += graph_paths(onnx).values()
+    bundles = ([path] if path is not None and artifact_kind(path) == "engine" else []) + list(engines)
+    return backend_variants(model, meta, device, graphs=graphs, engines=bundles, compile_=compile_,
+                            memory_formats=True)
 
 
 def _peak_memory_mib(device: str) -> float:
@@ -187,16 +134,17 @@ def run_bench(model_spec: str, *, batch_sizes: list[int], device: str | None = N
     return report
 
 
-def _pipeline_bench(variant: BenchVariant, data: str, batch_size: int, workers: int | None,
+def _pipeline_bench(variant: Variant, data: str, batch_size: int, workers: int | None,
                     passes: int = 3) -> dict[str, Any]:
     """Decoding alone, then model-only and end-to-end tagging of the images under ``data``
     (medians over ``passes`` alternating passes). Model-only includes what the tagger does
     besides decoding: batching, normalisation and the copy to the backend."""
-    from .tagger import Tagger, _decode, _Item, expand_inputs
+    from .inputs import InputItem, decode_input, expand_inputs
+    from .tagger import Tagger
 
     files = list(expand_inputs(data))
     if not files:
-        raise ValueError(f"--data {data}: no images found")
+        raise InvalidInputError(f"--data {data}: no images found")
     backend = variant.build()
     tagger = Tagger(backend)
     import concurrent.futures
@@ -204,7 +152,7 @@ def _pipeline_bench(variant: BenchVariant, data: str, batch_size: int, workers: 
 
     start = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count()) as pool:
-        decoded = list(pool.map(lambda f: _decode(_Item(0, f, f), tagger.preprocess)[0], files))
+        decoded = list(pool.map(lambda f: decode_input(InputItem(0, f, f), tagger.preprocess)[0], files))
     decode_s = time.perf_counter() - start
     images = torch.stack([d for d in decoded if d is not None])
     batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
@@ -227,14 +175,11 @@ def _pipeline_bench(variant: BenchVariant, data: str, batch_size: int, workers: 
 
 
 def _device_name(device: str) -> str:
-    import os
-    import platform
-
-    from .info import cpu_flags
+    from .cpu import cpu_description
 
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
-    return f"CPU {platform.machine()} ({os.cpu_count()} cores{', AVX-512 VNNI' if 'avx512_vnni' in cpu_flags() else ''})"
+    return cpu_description()
 
 
 def _versions() -> dict[str, str]:
@@ -298,36 +243,3 @@ def bar_chart(report: dict[str, Any], path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def add_bench_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="throughput of every backend that can run, against eager FP32",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="a preset (random weights), a checkpoint, an ONNX graph or an engine bundle")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default: 1 16 64 on a GPU, 1 8 on the CPU")
-    p.add_argument("--device", choices=["cpu", "cuda"])
-    p.add_argument("--reps", type=int, default=10)
-    p.add_argument("--onnx", metavar="MODEL_ONNX", help="also run these graphs (model.onnx and its .fp16/.int8 siblings)")
-    p.add_argument("--engines", nargs="*", default=[], help="also run these TensorRT bundles")
-    p.add_argument("--compile", action="store_true", help="also torch.compile (minutes of compilation)")
-    p.add_argument("--data", help="a folder of images: decode alone and end-to-end tagging vs model-only")
-    p.add_argument("--workers", type=int, help="decoder threads for --data")
-    p.add_argument("--num-classes", type=int, help="labels of a preset built with random weights")
-    p.add_argument("--output", default="bench_out", help="folder for bench.md, bench.json, bench.png")
-    p.set_defaults(func=_run_bench_command)
-
-
-def _run_bench_command(args: argparse.Namespace) -> int:
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    batch_sizes = args.batch_sizes or ([1, 16, 64] if device == "cuda" else [1, 8])
-    report = run_bench(args.model, batch_sizes=batch_sizes, device=device, reps=args.reps, onnx=args.onnx,
-                       engines=args.engines, data=args.data, compile_=args.compile, num_classes=args.num_classes,
-                       workers=args.workers)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.md").write_text(markdown(report))
-    write_json(report, out / "bench.json")
-    bar_chart(report, out / "bench.png")
-    print(markdown(report))
-    print(f"written: {out / 'bench.md'}, {out / 'bench.json'}, {out / 'bench.png'}")
-    return 0

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ._optional import probe
+from .cpu import cpu_has_native_bf16, cpu_has_vnni
 
 
 @dataclass(frozen=True)
@@ -18,30 +19,6 @@ class BackendStatus:
     available: bool
     version: str
     detail: str
-
-
-def cpu_flags() -> set[str]:
-    """CPU feature flags from /proc/cpuinfo (empty where it cannot be read)."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_has_vnni() -> bool:
-    """True when the CPU has AVX-512 VNNI or AVX-VNNI, which ONNX Runtime's int8 kernels need."""
-    flags = cpu_flags()
-    return bool(flags & {"avx512_vnni", "avx_vnni", "avx512vnni"})
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 natively (AVX-512 BF16 or AMX): bf16 autocast then
-    roughly doubles CPU training speed; elsewhere it is emulated and slower than fp32."""
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def devices() -> dict[str, Any]:

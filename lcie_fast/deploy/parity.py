@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,9 +29,12 @@ from tqdm.auto import tqdm
 
 from ..data.datasets import MultiLabelSet
 from ..data.transforms import ImageDecodeError, Preprocess
+from ..errors import InputNotFoundError, InvalidInputError
 from ..io import write_json
-from ..metrics import multilabel_metrics
+from ..metrics import multilabel_metrics, sigmoid
 from ..runtime.base import Backend
+from ..runtime.variants import Variant
+from .pipeline import CalibrationOptions
 
 # per precision: largest |mAP - mAP(eager FP32)| in points (unless the paired interval holds 0),
 # smallest mean per-image cosine, smallest tag agreement
@@ -46,13 +50,73 @@ GATE_KEYS = ("max_abs_dmap", "min_cosine", "min_agreement")
 NOISE_EXCUSE = 3.0
 
 
-@dataclasses.dataclass
-class Variant:
-    """A backend to score: a label, its precision (selects the gate) and how to build it."""
+def parse_gates(overrides: Sequence[str]) -> dict[str, dict[str, float]]:
+    """:data:`DEFAULT_GATES` with ``PRECISION.KEY=VALUE`` overrides applied (``int8.max_abs_dmap=0.3``)."""
+    gates = {k: dict(v) for k, v in DEFAULT_GATES.items()}
+    for text in overrides:
+        key, _, value = text.partition("=")
+        precision, _, name = key.partition(".")
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if precision not in gates or name not in GATE_KEYS or number is None:
+            raise InvalidInputError(f"--gate {text!r}: expected PRECISION.KEY=X with KEY in {', '.join(GATE_KEYS)} "
+                                    f"and PRECISION in {sorted(gates)}")
+        gates[precision][name] = number
+    return gates
 
-    label: str
-    precision: str
-    build: Callable[[], Backend]
+
+def check_parity(checkpoint: str | Path, data_spec: str | Path, out_dir: str | Path, *,
+                 graphs: str | Path | None = None, calibration: CalibrationOptions | None = None,
+                 batch_size: int = 16, max_images: int = 0, device: str | None = None,
+                 engines: Sequence[str | Path] = (), bf16: bool = False,
+                 gates: dict[str, dict[str, float]] | None = None, draws: int = 1000,
+                 progress: bool = True) -> dict[str, Any]:
+    """Score every backend of a checkpoint against its eager FP32 on labelled images; write the report.
+
+    Args:
+        checkpoint: The ``.pt`` checkpoint.
+        data_spec: Labelled evaluation images.
+        out_dir: Report folder (parity.md, parity.json, parity_scatter.png; ``graphs/`` when exporting).
+        graphs: An exported ``model.onnx`` whose ``.fp16`` / ``.int8`` siblings exist (default:
+            export them now into ``out_dir/graphs`` with ``calibration``).
+        batch_size, max_images: Batch of every backend; score only the first N images (0: all).
+        device: ``cpu`` or ``cuda`` (default: a GPU when visible).
+        engines: TensorRT bundles to score too.
+        bf16: Also score eager BF16 autocast on the CPU.
+        gates, draws, progress: as :func:`run_parity`.
+
+    Raises:
+        InputNotFoundError: ``graphs`` lacks a sibling.
+    """
+    from ..artifacts import graph_paths
+    from ..data.datasets import load_data_spec
+    from ..models.checkpoint import model_from_checkpoint
+    from ..runtime.variants import backend_variants
+    from .pipeline import export_graphs
+
+    out_dir = Path(out_dir)
+    if graphs:
+        paths = graph_paths(graphs)
+        missing = [str(p) for p in paths.values() if not p.is_file()]
+        if missing:
+            raise InputNotFoundError(f"--graphs {graphs}: missing {missing} (create them with lcie-fast export --fp16 --int8)")
+    else:
+        paths = graph_paths(out_dir / "graphs" / "model.onnx")
+        export_graphs(checkpoint, paths["fp32"], calibration=calibration)
+    model, meta = model_from_checkpoint(checkpoint)
+    data = load_data_spec(str(data_spec), label_names=meta.label_names)
+    if max_images:
+        data = data.subset(range(min(max_images, len(data))))
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    variants = backend_variants(model, meta, device, graphs=paths, engines=engines, compile_=device.startswith("cuda"),
+                                bf16=bf16)
+    report = run_parity(variants, data, Preprocess(meta.preprocess), batch_size=batch_size, gates=gates,
+                        progress=progress, draws=draws)
+    report["written"] = write_report(report, out_dir)
+    report["graphs"] = paths
+    return report
 
 
 @dataclasses.dataclass
@@ -83,7 +147,7 @@ def load_images(data: MultiLabelSet, preprocess: Preprocess, progress: bool = Tr
         except ImageDecodeError as err:
             failed.append({"path": path, "reason": str(err)})
     if not images:
-        raise ValueError(f"no image of {data.source} could be decoded")
+        raise InvalidInputError(f"no image of {data.source} could be decoded")
     return torch.stack(images), np.array(kept), failed
 
 
@@ -114,7 +178,7 @@ def compare(reference: np.ndarray, logits: np.ndarray, targets: np.ndarray, labe
     dot = (logits * reference).sum(1)
     norms = np.linalg.norm(logits, axis=1) * np.linalg.norm(reference, axis=1)
     cosine = dot / np.maximum(norms, 1e-12)
-    p_ref, p = 1 / (1 + np.exp(-reference)), 1 / (1 + np.exp(-logits))
+    p_ref, p = sigmoid(reference), sigmoid(logits)
     decided = np.abs(p_ref - threshold) > margin
     agreement = ((p_ref >= threshold) == (p >= threshold))[decided].mean() if decided.any() else 1.0
     metrics = multilabel_metrics(logits, targets, from_logits=True, class_names=label_names, threshold=threshold)

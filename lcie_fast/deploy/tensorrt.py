@@ -19,24 +19,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import platform
 import time
 from pathlib import Path
-from typing import Any
 
-from .._optional import require
+from ..artifacts import INPUT_NAME, EngineError, check_bundle, engine_sidecar, platform_tag, read_onnx_metadata
 from ..config import ConfigError, from_dict, load_yaml
-from ..errors import UserError
 from ..io import atomic_write, sha256_file, write_json
-from .export import INPUT_NAME, OUTPUT_NAME, read_metadata
+from ..runtime.tensorrt import current_gpu, trt_module
 
-BUNDLE_FORMAT = "lcie_fast.engine"
-BUNDLE_VERSION = 1
 DEFAULT_CACHE = Path("engines") / "build"
-
-
-class EngineError(UserError, RuntimeError):
-    """An engine that cannot be built, or a bundle that must not be loaded here, with the reason."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,97 +77,12 @@ def load_profile(path: str | Path) -> EngineProfile:
         raise ConfigError(f"{path}: {err}") from None
 
 
-def trt_module():
-    """``import tensorrt``, or an error that says how to get it."""
-    return require("tensorrt", "building and running TensorRT engines")
-
-
-def current_gpu(device: int = 0) -> dict[str, str]:
-    """Name and compute capability of CUDA device ``device`` (torch when present, else cuda-python)."""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            props = torch.cuda.get_device_properties(device)
-            return {"name": props.name, "compute_capability": f"{props.major}.{props.minor}"}
-    except ImportError:
-        pass
-    cudart = require("cuda.bindings.runtime", "querying the GPU without torch")
-    err, props = cudart.cudaGetDeviceProperties(device)
-    if err != cudart.cudaError_t.cudaSuccess:
-        raise EngineError(f"no usable CUDA device {device}: {err}")
-    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-    return {"name": name.rstrip("\x00"), "compute_capability": f"{props.major}.{props.minor}"}
-
-
-def platform_tag() -> str:
-    return f"{platform.system().lower()}-{platform.machine()}"
-
-
 def bundle_key(onnx_sha256: str, profile: EngineProfile, trt_version: str, gpu: dict[str, str]) -> str:
     """Hash of every input of a build: graph, profile, TensorRT version, GPU, platform."""
     target = gpu["compute_capability"] if profile.compatibility != "hardware" else "ampere_plus"
     payload = json.dumps({"onnx": onnx_sha256, "profile": dataclasses.asdict(profile), "trt": trt_version,
                           "gpu": target, "platform": platform_tag()}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def compatibility_problems(sidecar: dict[str, Any], trt_version: str, gpu: dict[str, str]) -> list[str]:
-    """Why a bundle must not be deserialized here (empty when it may).
-
-    Rules: the sidecar must be an lcie_fast engine sidecar; without version compatibility the
-    TensorRT version must match exactly, with it the major version must match and the runtime
-    be at least as new; without hardware compatibility the compute capability must match,
-    with it the GPU must be Ampere (8.0) or newer; the platform must match.
-    """
-    if sidecar.get("format") != BUNDLE_FORMAT:
-        return ["the sidecar is not an lcie_fast engine sidecar"]
-    problems = []
-    built_trt = str(sidecar.get("tensorrt_version", ""))
-    compat = sidecar.get("profile", {}).get("compatibility", "none")
-    if compat == "version":
-        if built_trt.split(".")[0] != trt_version.split(".")[0]:
-            problems.append(f"built with TensorRT {built_trt}, this is TensorRT {trt_version} (another major version)")
-        elif _version_tuple(trt_version) < _version_tuple(built_trt):
-            problems.append(f"built with TensorRT {built_trt}, newer than this TensorRT {trt_version}")
-    elif built_trt != trt_version:
-        problems.append(f"built with TensorRT {built_trt}, this is TensorRT {trt_version}; rebuild it "
-                        f"(or build with a version-compatible profile)")
-    built_gpu = sidecar.get("gpu", {})
-    if compat == "hardware":
-        if _version_tuple(gpu["compute_capability"]) < (8, 0):
-            problems.append(f"hardware-compatible engines need an Ampere or newer GPU; this {gpu['name']} is "
-                            f"sm {gpu['compute_capability']}")
-    elif built_gpu.get("compute_capability") != gpu["compute_capability"]:
-        problems.append(f"built for {built_gpu.get('name')} (sm {built_gpu.get('compute_capability')}), this GPU is "
-                        f"{gpu['name']} (sm {gpu['compute_capability']}); rebuild it here")
-    if sidecar.get("platform") and sidecar["platform"] != platform_tag():
-        problems.append(f"built on {sidecar['platform']}, this is {platform_tag()}")
-    return problems
-
-
-def _version_tuple(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in text.split(".") if part.isdigit())
-
-
-def read_sidecar(engine_path: str | Path) -> dict[str, Any]:
-    """The JSON sidecar beside an engine file, or a clear error."""
-    sidecar_path = Path(str(engine_path) + ".json")
-    if not sidecar_path.is_file():
-        raise EngineError(f"{engine_path}: no sidecar {sidecar_path.name}; bundles are built by lcie-fast build-engine")
-    try:
-        return json.loads(sidecar_path.read_text())
-    except json.JSONDecodeError as err:
-        raise EngineError(f"{sidecar_path}: not valid JSON: {err}") from None
-
-
-def check_bundle(engine_path: str | Path, trt_version: str, gpu: dict[str, str]) -> dict[str, Any]:
-    """Sidecar of a bundle that may run here; :class:`EngineError` with every reason otherwise."""
-    sidecar = read_sidecar(engine_path)
-    problems = compatibility_problems(sidecar, trt_version, gpu)
-    if problems:
-        raise EngineError(f"{engine_path} is refused: " + "; ".join(problems))
-    return sidecar
 
 
 def build_engine(onnx_path: str | Path, profile: EngineProfile, *, cache_dir: str | Path = DEFAULT_CACHE,
@@ -190,7 +96,7 @@ def build_engine(onnx_path: str | Path, profile: EngineProfile, *, cache_dir: st
         EngineError: the graph's precision differs from the profile's, parsing or building fails.
     """
     trt = trt_module()
-    meta = read_metadata(onnx_path)
+    meta = read_onnx_metadata(onnx_path)
     if meta.precision != profile.precision:
         raise EngineError(f"profile {profile.name} compiles {profile.precision} graphs; {onnx_path} is "
                           f"{meta.precision} (export it with lcie-fast export --{profile.precision})")
@@ -244,21 +150,7 @@ def build_engine(onnx_path: str | Path, profile: EngineProfile, *, cache_dir: st
     if timing_cache is not None:
         with atomic_write(cache_file, "wb") as handle:
             handle.write(memoryview(config.get_timing_cache().serialize()))
-    sidecar = {
-        "format": BUNDLE_FORMAT,
-        "format_version": BUNDLE_VERSION,
-        "metadata": meta.to_dict(),
-        "tensorrt_version": trt.__version__,
-        "gpu": gpu,
-        "platform": platform_tag(),
-        "profile": dataclasses.asdict(profile),
-        "onnx": {"path": str(onnx_path), "sha256": onnx_sha},
-        "io": {"input": {"name": INPUT_NAME, "dtype": "float32", "layout": "NCHW",
-                         "min": [profile.min_batch, 3, size, size], "opt": [profile.opt_batch, 3, size, size],
-                         "max": [profile.max_batch, 3, size, size]},
-               "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", meta.num_classes]}},
-        "build_seconds": round(seconds, 1),
-        "key": key,
-    }
+    sidecar = engine_sidecar(meta, trt_version=trt.__version__, gpu=gpu, profile=dataclasses.asdict(profile),
+                             onnx_path=onnx_path, onnx_sha256=onnx_sha, build_seconds=seconds, key=key)
     write_json(sidecar, str(engine_path) + ".json")
     return engine_path

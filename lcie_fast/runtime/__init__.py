@@ -1,0 +1,111 @@
+"""Inference backends behind one interface, and the one public way to get one: :func:`open_backend`.
+
+A backend takes a normalised float32 (N, 3, S, S) batch and returns (N, C) logits
+(:class:`~lcie_fast.runtime.base.Backend`). :func:`open_backend` picks the best backend that can
+run a checkpoint, an ONNX graph or an engine bundle here (or the one asked for), and
+:func:`~lcie_fast.runtime.variants.backend_variants` lists every backend worth comparing for
+benchmarks and parity. The tagger, ``bench``, ``parity`` and the demo all go through these two.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..artifacts import artifact_kind
+from .base import Backend, BackendError
+
+BACKENDS = ("auto", "tensorrt", "compiled", "eager", "onnxruntime")
+
+__all__ = ["BACKENDS", "Backend", "BackendError", "open_backend"]
+
+
+def open_backend(model: str | Path | Any, backend: str = "auto", device: str | None = None, *,
+                 meta: Any = None, precision: str | None = None, fast_ops: str = "auto", channels_last: bool = True,
+                 cuda_graphs: bool = False) -> Backend:
+    """The named backend, or the first of the ``auto`` order that builds here.
+
+    ``auto`` order: TensorRT for engine bundles, ONNX Runtime for graphs; for checkpoints (and
+    in-memory models) torch.compile on a GPU, eager on a GPU, eager on the CPU.
+
+    Args:
+        model: A ``.pt`` checkpoint, an ``.onnx`` graph exported by lcie-fast, an ``.engine``
+            bundle, or an in-memory LCIE model (then ``meta`` is required).
+        backend: ``auto``, ``tensorrt``, ``compiled``, ``eager`` or ``onnxruntime``.
+        device: ``cpu`` or ``cuda[:N]`` (default: a GPU when visible, for torch backends).
+        meta: The metadata of an in-memory ``model``.
+        precision: For torch backends: ``fp32``, ``fp16`` or ``bf16`` (default fp16 on a GPU,
+            fp32 on the CPU). Graphs and engines carry their own precision.
+        fast_ops: ``auto`` (fused projections and kernels) or ``ref`` for torch backends.
+        channels_last: Torch backends run channels-last (else contiguous NCHW).
+        cuda_graphs: ``compiled`` on a GPU also captures CUDA graphs.
+
+    Raises:
+        FileNotFoundError: ``model`` is a path that does not exist.
+        BackendError: the named backend cannot run here, or no backend fits (every reason named).
+    """
+    import torch
+
+    if backend not in BACKENDS:
+        raise BackendError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if isinstance(model, (str, Path)):
+        model = Path(model)
+        if not model.is_file():
+            from ..errors import ModelNotFoundError
+
+            raise ModelNotFoundError(f"model not found: {model}")
+        kind = artifact_kind(model)
+    elif meta is None:
+        raise BackendError("an in-memory model needs its metadata: open_backend(model, meta=metadata_for(model))")
+    else:
+        kind = "module"
+    if backend != "auto":
+        order = [backend]
+    elif kind == "engine":
+        order = ["tensorrt"]
+    elif kind == "onnx":
+        order = ["onnxruntime"]
+    else:
+        candidates = ([("compiled", "cuda"), ("eager", "cuda")] if torch.cuda.is_available() else []) + [("eager", "cpu")]
+        order = [name for name, dev in candidates if device is None or dev == device.split(":")[0]]
+        if not order:
+            raise BackendError(f"no backend can run on device {device!r} here: no CUDA GPU is visible")
+    errors = []
+    for name in order:
+        try:
+            return _make(model, kind, name, device, meta, precision, fast_ops, channels_last, cuda_graphs)
+        except (BackendError, ImportError, RuntimeError) as err:
+            errors.append(f"{name}: {err or type(err).__name__}")
+    where = model if kind != "module" else "this model"
+    raise BackendError(f"no backend can run {where} here: " + "; ".join(errors))
+
+
+def _make(model: Any, kind: str, name: str, device: str | None, meta: Any, precision: str | None,
+          fast_ops: str, channels_last: bool, cuda_graphs: bool) -> Backend:
+    import torch
+
+    if name == "tensorrt":
+        if kind != "engine":
+            raise BackendError("tensorrt runs engine bundles: build one with lcie-fast build-engine")
+        from .tensorrt import TensorRTBackend
+
+        return TensorRTBackend(model, device=int(device.split(":")[1]) if device and ":" in device else 0)
+    if name == "onnxruntime":
+        if kind != "onnx":
+            raise BackendError("onnxruntime runs .onnx graphs: export one with lcie-fast export")
+        from .onnxruntime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(model)
+    if kind not in ("checkpoint", "module"):
+        raise BackendError(f"{name} runs checkpoints (.pt), not {model.suffix} files")
+    from .torch_backends import CompiledBackend, EagerBackend
+
+    if kind == "checkpoint":
+        from ..models.checkpoint import model_from_checkpoint
+
+        model, meta = model_from_checkpoint(model)
+    target = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    chosen = precision or ("fp16" if target.startswith("cuda") else "fp32")
+    if name == "compiled":  # auto picks it on GPUs only; asked for by name it also compiles for the CPU
+        return CompiledBackend(model, meta, target, chosen, channels_last, cuda_graphs, fast_ops)
+    return EagerBackend(model, meta, target, chosen, channels_last, fast_ops)

@@ -7,8 +7,29 @@ from typing import Any
 
 import numpy as np
 
-from ..deploy.export import INPUT_NAME, OUTPUT_NAME, graph_has_qdq, ort_session, read_metadata
+from .._optional import require
+from ..artifacts import INPUT_NAME, OUTPUT_NAME, graph_has_qdq, read_onnx_metadata
+from ..cpu import cpu_has_vnni
 from .base import Backend
+
+
+def ort_session(path: str | Path, *, basic_optimizations: bool | None = None, threads: int | None = None):
+    """An ONNX Runtime CPU session for ``path``.
+
+    Q/DQ (INT8) graphs run at ``ORT_ENABLE_BASIC`` on CPUs without VNNI: ORT's fused int8
+    kernels saturate there (logit error about 0.4 instead of 0.01-0.03; notes/tensorrt.md).
+    ``basic_optimizations=None`` decides that from the graph and the CPU.
+    """
+    ort = require("onnxruntime", "running ONNX graphs")
+    options = ort.SessionOptions()
+    if basic_optimizations is None:
+        basic_optimizations = graph_has_qdq(path) and not cpu_has_vnni()
+    if basic_optimizations:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 class OnnxRuntimeBackend(Backend):
@@ -25,10 +46,8 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        from ..info import cpu_has_vnni
-
         self.path = Path(path)
-        self.meta = read_metadata(self.path)
+        self.meta = read_onnx_metadata(self.path)
         self.precision = self.meta.precision
         self.device = "cpu"
         self.qdq = graph_has_qdq(self.path)

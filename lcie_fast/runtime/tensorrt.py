@@ -20,9 +20,32 @@ from typing import Any
 import numpy as np
 
 from .._optional import require
-from ..deploy.tensorrt import EngineError, check_bundle, current_gpu, trt_module
+from ..artifacts import EngineError, check_bundle
 from ..metadata import ModelMetadata
 from .base import Backend
+
+
+def trt_module():
+    """``import tensorrt``, or an error that says how to get it."""
+    return require("tensorrt", "building and running TensorRT engines")
+
+
+def current_gpu(device: int = 0) -> dict[str, str]:
+    """Name and compute capability of CUDA device ``device`` (torch when present, else cuda-python)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(device)
+            return {"name": props.name, "compute_capability": f"{props.major}.{props.minor}"}
+    except ImportError:
+        pass
+    cudart = require("cuda.bindings.runtime", "querying the GPU without torch")
+    err, props = cudart.cudaGetDeviceProperties(device)
+    if err != cudart.cudaError_t.cudaSuccess:
+        raise EngineError(f"no usable CUDA device {device}: {err}")
+    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
+    return {"name": name.rstrip("\x00"), "compute_capability": f"{props.major}.{props.minor}"}
 
 
 def _cuda_call(result):

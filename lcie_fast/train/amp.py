@@ -7,6 +7,8 @@ from typing import ContextManager
 
 import torch
 
+from ..errors import InvalidInputError
+
 
 class AmpPolicy:
     """Mixed precision for one run.
@@ -26,11 +28,11 @@ class AmpPolicy:
             if device.type == "cuda":
                 mode = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
             else:
-                from ..info import cpu_has_native_bf16
+                from ..cpu import cpu_has_native_bf16
 
                 mode = "bf16" if cpu_has_native_bf16() else "off"
         if mode == "fp16" and device.type != "cuda":
-            raise ValueError("amp=fp16 needs a CUDA device (use bf16 or off on the CPU)")
+            raise InvalidInputError("amp=fp16 needs a CUDA device (use bf16 or off on the CPU)")
         self.mode = mode
         self.device = device
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
