@@ -16,7 +16,7 @@ Everything is written under ``--output`` (default ``demo_out``).
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -26,6 +26,17 @@ DATA_ENV = "LCIE_FAST_DATA"
 # The generated set where traffic5 is absent. 400 validation images x 5 labels: enough that the
 # parity gates judge real differences, not a few reordered near-ties (80 images were not).
 SYNTHETIC_SPLITS = {"train": 320, "valid": 400}
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoOptions:
+    """What the demo runs on: its output folder, preset, input side, epochs and data."""
+
+    output: str = "demo_out"
+    model: str = "lcie_effl0_448"
+    img_size: int = 256
+    epochs: int = 8
+    synthetic: bool = False  # the generated set even where traffic5 exists
 
 
 def find_traffic5() -> Path | None:
@@ -54,7 +65,7 @@ def demo_data(output: Path, synthetic: bool = False) -> tuple[Path, Path, str]:
     return root / "train", root / "valid", f"{reason}: a generated set at {root}"
 
 
-def _fine_tune(args: argparse.Namespace, train_dir: Path, valid_dir: Path, output: Path) -> dict[str, Any]:
+def _fine_tune(args: DemoOptions, train_dir: Path, valid_dir: Path, output: Path) -> dict[str, Any]:
     from .config import DataConfig, RunConfig, TrainConfig
     from .train.trainer import Trainer
 
@@ -74,15 +85,16 @@ def _fine_tune(args: argparse.Namespace, train_dir: Path, valid_dir: Path, outpu
     return Trainer(config, device="cpu").fit()
 
 
-def run_demo(args: argparse.Namespace) -> dict[str, Any]:
+def run_demo(args: DemoOptions | None = None) -> dict[str, Any]:
+    """Run the six steps of the module docstring; the summary (also written to ``summary.json``)."""
+    args = args or DemoOptions()
     import torch
 
     from .benchmark import markdown as bench_markdown
     from .benchmark import run_bench
     from .data.datasets import load_data_spec
-    from .data.transforms import Preprocess
-    from .deploy.commands import export_graphs, parity_variants
-    from .deploy.parity import markdown_table, run_parity, write_report
+    from .deploy.parity import check_parity, markdown_table
+    from .deploy.pipeline import CalibrationOptions, export_graphs
     from .io import write_json
     from .metrics import fit_thresholds, format_metrics
     from .models.checkpoint import model_from_checkpoint
@@ -106,16 +118,15 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
 
     _banner("3/6 evaluation on the validation split (Table 1 metrics) and per-class thresholds")
     print(format_metrics(metrics))
-    model, meta = model_from_checkpoint(checkpoint)
+    meta = model_from_checkpoint(checkpoint)[1]
     valid = load_data_spec(str(valid_dir), label_names=meta.label_names)
     summary["metrics"] = {k: metrics[k] for k in ("mAP", "CF1", "OF1", "CF1_top3", "OF1_top3")}
 
     _banner("4/6 export ONNX FP32 / FP16 / INT8 and score every backend against eager FP32")
     graphs_dir = output / "graphs"
-    export = export_graphs(checkpoint, graphs_dir / "model.onnx", calib_data=str(train_dir), calib_images=64)
-    variants = parity_variants(model, meta, {k: Path(v) for k, v in export["graphs"].items()}, "cpu", [], False)
-    report = run_parity(variants, valid, Preprocess(meta.preprocess), batch_size=16)
-    write_report(report, output / "parity")
+    export = export_graphs(checkpoint, graphs_dir / "model.onnx", calibration=CalibrationOptions(data=str(train_dir)))
+    report = check_parity(checkpoint, valid_dir, output / "parity", graphs=graphs_dir / "model.onnx", device="cpu",
+                          batch_size=16)
     print(markdown_table(report))
     summary["parity"] = [{"backend": r.label, "dmAP": r.dmAP, "cosine": r.cosine, "passed": r.passed,
                           "images_per_s": r.images_per_s} for r in report["rows"]]
@@ -160,14 +171,3 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
             f"(run/, graphs/, parity/, tags.jsonl, bench/)"
             + (f"; PARITY GATE FAILED for {', '.join(failed)}" if failed else "; every parity gate passed"))
     return summary
-
-
-def add_demo_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the main job end to end on traffic5 (or a generated set)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output", default="demo_out")
-    p.add_argument("--model", default="lcie_effl0_448")
-    p.add_argument("--img-size", type=int, default=256)
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--synthetic", action="store_true", help="use the generated set even where traffic5 exists")
-    p.set_defaults(func=lambda args: (run_demo(args), 0)[1])

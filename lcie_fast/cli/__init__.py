@@ -1,5 +1,10 @@
 """The ``lcie-fast`` command line (also ``python -m lcie_fast``).
 
+A thin layer: each subcommand parses its flags, calls one library function and prints. Nothing
+outside this package imports it. Errors deriving from :class:`~lcie_fast.errors.UserError`
+print one line and exit 1; anything else is a bug and shows its traceback
+(``LCIE_FAST_DEBUG=1`` shows tracebacks for every error).
+
 Each subcommand lives in its own module; those modules import their heavy dependencies
 (ONNX, ModelOpt, DALI, TensorRT ...) only when the subcommand runs, so every command starts
 quickly and works without the extras it does not use.
@@ -9,60 +14,28 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
+import os
 import sys
 from typing import Sequence
 
-from . import __version__
-from .errors import UserError
-
-
-def _info(args: argparse.Namespace) -> int:
-    from .info import environment_report, format_environment, format_model_report, model_report
-
-    if args.model:
-        report = model_report(args.model, num_classes=args.num_classes)
-        print(json.dumps(report, indent=2) if args.json else format_model_report(report))
-        return 0
-    report = environment_report()
-    print(json.dumps(report, indent=2) if args.json else format_environment(report))
-    return 0
-
-
-def _add_info(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="versions, devices, backends; or a model's size and FLOPs",
-                       description="Show what this machine can run, or (with --model) a preset's "
-                                   "parameters and GFLOPs measured with torch's FLOP counter.")
-    p.add_argument("--model", metavar="NAME", help="a preset name (see --list-models)")
-    p.add_argument("--num-classes", type=int, default=None, help="override the preset's number of labels")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.set_defaults(func=_info)
-
-
-def _list_models(_: argparse.Namespace) -> int:
-    from .models import list_models
-
-    print("\n".join(list_models()))
-    return 0
-
-
-def _add_models(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list the registered model presets")
-    p.set_defaults(func=_list_models)
-
+from .. import __version__
+from ..errors import UserError
 
 # Subcommands, in the order `lcie-fast --help` shows them: (module, function adding its parser).
 SUBCOMMANDS: list[tuple[str, str]] = [
-    ("lcie_fast.train.commands", "add_train_parser"),
-    ("lcie_fast.train.commands", "add_eval_parser"),
-    ("lcie_fast.deploy.commands", "add_export_parser"),
-    ("lcie_fast.deploy.commands", "add_build_engine_parser"),
-    ("lcie_fast.deploy.commands", "add_parity_parser"),
-    ("lcie_fast.tag_commands", "add_tag_parser"),
-    ("lcie_fast.tag_commands", "add_tag_video_parser"),
-    ("lcie_fast.benchmark", "add_bench_parser"),
-    ("lcie_fast.demo", "add_demo_parser"),
+    ("lcie_fast.cli.info", "add_info_parser"),
+    ("lcie_fast.cli.info", "add_models_parser"),
+    ("lcie_fast.cli.train", "add_train_parser"),
+    ("lcie_fast.cli.train", "add_eval_parser"),
+    ("lcie_fast.cli.deploy", "add_export_parser"),
+    ("lcie_fast.cli.deploy", "add_build_engine_parser"),
+    ("lcie_fast.cli.deploy", "add_parity_parser"),
+    ("lcie_fast.cli.tag", "add_tag_parser"),
+    ("lcie_fast.cli.tag", "add_tag_video_parser"),
+    ("lcie_fast.cli.bench", "add_bench_parser"),
+    ("lcie_fast.cli.demo", "add_demo_parser"),
 ]
+DEBUG_ENV = "LCIE_FAST_DEBUG"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,8 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"lcie-fast {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_info(sub)
-    _add_models(sub)
     for module, function in SUBCOMMANDS:
         getattr(importlib.import_module(module), function)(sub)
     return parser
@@ -93,14 +64,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         # the reader went away (e.g. `lcie-fast tag ... | head`): stop quietly, as Unix tools do
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except (UserError, ValueError, KeyError, FileNotFoundError, ImportError) as err:
-        # Errors a user can act on: print the message, not a traceback.
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"lcie-fast {args.command}: error: {message}", file=sys.stderr)
+    except UserError as err:
+        # an error a user can act on: its message, not a traceback (LCIE_FAST_DEBUG=1 shows it);
+        # anything else is a bug and propagates with its traceback
+        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        print(f"lcie-fast {args.command}: error: {err}", file=sys.stderr)
         return 1
 
 

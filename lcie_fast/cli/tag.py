@@ -24,7 +24,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _tagger(args: argparse.Namespace):
-    from .tagger import Tagger
+    from ..tagger import Tagger
 
     thresholds = args.thresholds if args.thresholds else args.threshold
     return Tagger.load(args.model, backend=args.backend, device=args.device, precision=args.precision,
@@ -52,9 +52,9 @@ def add_tag_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_tag(args: argparse.Namespace) -> int:
-    from .data.datasets import IMAGE_EXTENSIONS
-    from .outputs import OutputMismatchError, RecordWriter, existing_keys
-    from .tagger import expand_inputs
+    from ..data.datasets import IMAGE_EXTENSIONS
+    from ..inputs import expand_inputs
+    from ..outputs import OutputMismatchError, RecordWriter, existing_keys
 
     fmt = args.format or ("csv" if args.output and args.output.endswith(".csv") else "jsonl")
     extensions = [e if e.startswith(".") else f".{e}" for e in args.ext] if args.ext else IMAGE_EXTENSIONS
@@ -116,8 +116,8 @@ def add_tag_video_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_tag_video(args: argparse.Namespace) -> int:
-    from .io import atomic_write
-    from .video import tag_video
+    from ..io import atomic_write
+    from ..video import tag_video
 
     tagger = _tagger(args)
     start = time.perf_counter()

@@ -4,29 +4,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
-from ..config import RunConfig, from_dict, load_yaml, merge_overrides, to_dict
-
-
-def resolve_run_config(config_files: list[str], flags: dict[str, Any], overrides: list[str]) -> RunConfig:
-    """Defaults < YAML files (in order) < command-line flags < ``key=value`` overrides."""
-    data: dict[str, Any] = to_dict(RunConfig())
-    for path in config_files:
-        data = _deep_merge(data, load_yaml(path))
-    data = merge_overrides(data, [f"{k}={v}" for k, v in flags.items() if v is not None])
-    data = merge_overrides(data, overrides)
-    return from_dict(RunConfig, data)
-
-
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "model_overrides":
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+from ..config import resolve_run_config
+from ..errors import InvalidInputError
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
@@ -50,14 +30,15 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .trainer import Trainer
+    from ..train.trainer import Trainer
 
+    # typed values, set as they are: --output 2024 names the folder "2024", --data yes reads "yes"
     flags = {"model": args.model, "data.train": args.data, "data.val": args.val_data, "output": args.output,
              "data.loader": args.loader}
     config = resolve_run_config(args.config, flags, args.overrides)
     trainer = Trainer(config, resume=args.resume, device=args.device, progress=not args.no_progress)
     trainer.fit()
-    from . import distributed
+    from ..train import distributed
 
     distributed.teardown()
     return 0
@@ -101,10 +82,10 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..io import write_json
     from ..metrics import format_metrics
     from ..models.checkpoint import model_from_checkpoint
-    from . import distributed
-    from .amp import AmpPolicy
-    from .evaluate import compare_predictions, predict, score
-    from .trainer import make_loader
+    from ..train import distributed
+    from ..train.amp import AmpPolicy
+    from ..train.evaluate import compare_predictions, predict, score
+    from ..train.trainer import make_loader
 
     info = distributed.setup(args.device)
     amp = AmpPolicy(args.amp, info.device)
@@ -112,12 +93,12 @@ def run_eval(args: argparse.Namespace) -> int:
     def load_and_predict(checkpoint, data=None, branches=False):
         model, meta = model_from_checkpoint(checkpoint)
         if branches and model.baseline_head is not None:
-            raise ValueError(f"{checkpoint} is a baseline model (backbone + GAP + linear): --branches needs "
+            raise InvalidInputError(f"{checkpoint} is a baseline model (backbone + GAP + linear): --branches needs "
                              f"the label decoder or the spatial branch")
         if data is None:
             data = load_data_spec(args.data, label_names=meta.label_names)
         elif list(meta.label_names) != list(data.label_names):
-            raise ValueError(f"--against {checkpoint}: its labels {list(meta.label_names)} differ from "
+            raise InvalidInputError(f"--against {checkpoint}: its labels {list(meta.label_names)} differ from "
                              f"{args.checkpoint}'s {list(data.label_names)}")
         model.to(info.device).to(memory_format=torch.channels_last)
         loader = make_loader(data, Preprocess(meta.preprocess), args.batch_size, train=False, kind=args.loader,
@@ -140,7 +121,7 @@ def run_eval(args: argparse.Namespace) -> int:
                                                 draws=max(args.bootstrap, 1), seed=args.seed)
         result["against"]["checkpoint"] = str(args.against)
     if args.branches:
-        from .evaluate import branch_report, format_branch_report
+        from ..train.evaluate import branch_report, format_branch_report
 
         result["branches"] = branch_report(prediction, data.targets, list(meta.label_names),
                                            draws=args.bootstrap, seed=args.seed)
