@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from .errors import UserError
+
 # module -> the extra of lcie-fast that installs it
 EXTRAS = {
     "onnx": "deploy",
@@ -27,7 +29,7 @@ EXTRAS = {
 }
 
 
-class MissingDependencyError(ImportError):
+class MissingDependencyError(UserError, ImportError):
     """An optional dependency is missing; the message names the extra that installs it."""
 
 

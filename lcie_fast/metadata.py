@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any
 
 from .config import ModelConfig, PreprocessConfig, from_dict, to_dict
+from .errors import UserError
 
 FORMAT_VERSION = 1
 
@@ -19,7 +20,7 @@ FORMAT_VERSION = 1
 LEGACY_MODEL_FIELDS: dict[str, Any] = {"branch_init": "paper", "spatial_norm": "none", "fused_norm": False}
 
 
-class MetadataError(ValueError):
+class MetadataError(UserError, ValueError):
     """Metadata that is missing or malformed, with the field named."""
 
 

@@ -15,6 +15,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ._optional import require
+from .errors import InputNotFoundError, InvalidInputError
 
 
 @dataclasses.dataclass
@@ -43,11 +44,11 @@ def iter_frames(path: str | Path, *, every: int | None = None, fps: float | None
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"video not found: {path}")
+        raise InputNotFoundError(f"video not found: {path}")
     if every is not None and every < 1:
-        raise ValueError("every must be >= 1")
+        raise InvalidInputError("every must be >= 1")
     if fps is not None and fps <= 0:
-        raise ValueError("fps must be > 0")
+        raise InvalidInputError("fps must be > 0")
     if reader == "auto":
         import importlib.util
 
@@ -69,7 +70,7 @@ def _frames_av(path: Path) -> Iterator[tuple[int, float, np.ndarray]]:
     try:
         container = av.open(str(path))
     except av.error.FFmpegError as err:
-        raise ValueError(f"{path}: cannot open as video: {err}") from None
+        raise InvalidInputError(f"{path}: cannot open as video: {err}") from None
     with container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -83,7 +84,7 @@ def _frames_opencv(path: Path) -> Iterator[tuple[int, float, np.ndarray]]:
     cv2 = require("cv2", "decoding video with OpenCV")
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
-        raise ValueError(f"{path}: OpenCV cannot open it as video")
+        raise InvalidInputError(f"{path}: OpenCV cannot open it as video")
     rate = capture.get(cv2.CAP_PROP_FPS) or 25.0
     index = 0
     try:
@@ -106,7 +107,7 @@ def tag_video(tagger: Any, path: str | Path, *, every: int | None = None, fps: f
     threshold, best first) and ``scores`` (raw per-frame probabilities of every label).
     """
     if not 0.0 < ema <= 1.0:
-        raise ValueError("ema must be in (0, 1]")
+        raise InvalidInputError("ema must be in (0, 1]")
     labels = tagger.labels
     thresholds = tagger.thresholds
     smoothed: np.ndarray | None = None

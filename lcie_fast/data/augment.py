@@ -22,6 +22,8 @@ import math
 import numpy as np
 import torch
 
+from ..errors import InvalidInputError
+
 POLICIES = ("none", "trivialaugment", "randaugment")
 
 
@@ -66,10 +68,10 @@ class Augment:
     def __init__(self, policy: str = "none", crop_scale: tuple[float, float] = (1.0, 1.0),
                  crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> None:
         if policy not in POLICIES:
-            raise ValueError(f"augmentation policy must be one of {POLICIES}, got {policy!r}")
+            raise InvalidInputError(f"augmentation policy must be one of {POLICIES}, got {policy!r}")
         low, high = crop_scale
         if not 0.0 < low <= high <= 1.0:
-            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
+            raise InvalidInputError(f"crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
         self.policy_name = policy
         self.crop_scale = (float(low), float(high))
         self.crop_ratio = (float(crop_ratio[0]), float(crop_ratio[1]))

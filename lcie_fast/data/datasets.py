@@ -36,6 +36,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..errors import InvalidInputError, UserError
+
 log = logging.getLogger(__name__)
 
 VOC_CLASSES = (
@@ -46,7 +48,7 @@ VOC_CLASSES = (
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A dataset description with problems; ``problems`` lists every one found."""
 
     def __init__(self, source: str, problems: Sequence[str]) -> None:
@@ -199,9 +201,9 @@ def load_jsonl_manifest(path: str | Path, labels: Sequence[str] | None = None, i
         try:
             record = json.loads(line)
             if not isinstance(record, dict) or not isinstance(record.get("path"), str):
-                raise ValueError("needs a string 'path'")
+                raise InvalidInputError("needs a string 'path'")
             if not isinstance(record.get("labels", []), list) or not isinstance(record.get("unknown", []), list):
-                raise ValueError("'labels' and 'unknown' must be lists")
+                raise InvalidInputError("'labels' and 'unknown' must be lists")
         except ValueError as err:
             problems.append(f"line {line_no}: {err}")
             bad_lines.add(line_no)
@@ -433,10 +435,3 @@ def manifest_paths(path: str | Path) -> list[str]:
     path = Path(path)
     loader = load_csv_manifest if path.suffix == ".csv" else load_jsonl_manifest
     return loader(path, on_error="skip", check_files=False).paths
-
-
-def scan_images(root: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[str]:
-    """Image files under ``root`` (recursive), by extension, sorted."""
-    root = Path(root)
-    exts = {e.lower() for e in extensions}
-    return sorted(str(p) for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts)

@@ -12,6 +12,7 @@ import dataclasses
 
 import numpy as np
 
+from ..errors import InvalidInputError
 from .datasets import MultiLabelSet
 
 
@@ -38,7 +39,7 @@ def drop_labels(data: MultiLabelSet, ratio: float, seed: int) -> tuple[MultiLabe
         ValueError: ``ratio`` outside [0, 1).
     """
     if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"partial-label ratio must be in [0, 1), got {ratio}")
+        raise InvalidInputError(f"partial-label ratio must be in [0, 1), got {ratio}")
     targets = data.targets.copy()
     known = targets >= 0
     rng = np.random.default_rng(seed)

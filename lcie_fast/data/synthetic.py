@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InvalidInputError
+
 COLOURS = [(220, 40, 40), (40, 180, 60), (40, 80, 220), (230, 200, 40), (200, 60, 200), (40, 200, 200),
            (240, 140, 30), (120, 120, 120)]
 
@@ -30,7 +32,7 @@ def make_synthetic_set(root: str | Path, *, splits: dict[str, int] | None = None
     from PIL import Image, ImageDraw
 
     if not 1 <= num_labels <= len(COLOURS):
-        raise ValueError(f"num_labels must be in 1..{len(COLOURS)}")
+        raise InvalidInputError(f"num_labels must be in 1..{len(COLOURS)}")
     root = Path(root)
     splits = splits or {"train": 160, "valid": 60}
     names = [f"shape{k}" for k in range(num_labels)]

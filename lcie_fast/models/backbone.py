@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import InvalidInputError
 from .pretrained import PretrainedWeightsError, adapt_state_dict, load_weights_file, resolve_pretrained
 
 
@@ -23,7 +24,7 @@ def _probe(name: str, reductions: tuple[int, ...], kwargs: dict[str, Any]) -> tu
     indices = []
     for reduction in reductions:
         if reduction not in available:
-            raise ValueError(
+            raise InvalidInputError(
                 f"backbone '{name}' has no feature level at stride {reduction}; "
                 f"its strides are {available}"
             )

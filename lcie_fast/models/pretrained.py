@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from ..errors import UserError
+
 WEIGHTS_ENV = "LCIE_FAST_WEIGHTS"
 _SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
@@ -34,7 +36,7 @@ _PACKAGED = {
 }
 
 
-class PretrainedWeightsError(FileNotFoundError):
+class PretrainedWeightsError(UserError, FileNotFoundError):
     """Backbone weights that are missing or do not fit, with the file and the fix named."""
 
 

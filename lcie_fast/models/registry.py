@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..config import ModelConfig
+from ..errors import UnknownNameError
 
 _PRESETS: dict[str, Callable[[], ModelConfig]] = {}
 
@@ -31,4 +32,4 @@ def preset_config(name: str) -> ModelConfig:
     try:
         return _PRESETS[name]()
     except KeyError:
-        raise KeyError(f"unknown model preset {name!r}; known: {', '.join(list_models())}") from None
+        raise UnknownNameError(f"unknown model preset {name!r}; known: {', '.join(list_models())}") from None

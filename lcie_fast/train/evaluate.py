@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import InvalidInputError
 from ..metrics import multilabel_metrics
 from .distributed import DistInfo, all_gather_objects
-
 
 BRANCHES = ("y_ca", "y_sp", "y_co")
 
@@ -125,7 +125,7 @@ def compare_predictions(prediction: Prediction, reference: Prediction, targets: 
 
     common, rows, ref_rows = np.intersect1d(prediction.indices, reference.indices, return_indices=True)
     if not len(common):
-        raise ValueError("the two predictions share no image: nothing to compare")
+        raise InvalidInputError("the two predictions share no image: nothing to compare")
     logits, ref_logits, targets = prediction.logits[rows], reference.logits[ref_rows], targets[common]
     ref_map = multilabel_metrics(ref_logits, targets, from_logits=True)["mAP"]
     dmap = multilabel_metrics(logits, targets, from_logits=True)["mAP"] - ref_map
@@ -149,6 +149,6 @@ def format_branch_report(rows: list[dict[str, Any]]) -> str:
 def score(prediction: Prediction, targets: np.ndarray, label_names: list[str], threshold: float = 0.5) -> dict[str, Any]:
     """Table 1 metrics of a prediction against the dataset's (N_all, C) targets."""
     if not len(prediction.indices):
-        raise ValueError("no image could be decoded: nothing to score")
+        raise InvalidInputError("no image could be decoded: nothing to score")
     return multilabel_metrics(prediction.logits, targets[prediction.indices], threshold=threshold,
                               from_logits=True, class_names=label_names)

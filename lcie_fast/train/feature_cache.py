@@ -35,6 +35,7 @@ from ..config import ConfigError
 from ..data.datasets import MultiLabelSet
 from ..data.loader import Batch, EpochSampler, TorchLoader
 from ..data.transforms import Preprocess
+from ..errors import InvalidInputError
 from ..io import atomic_write
 
 # refuse a cache larger than this fraction of the memory available when it is built
@@ -143,10 +144,10 @@ class CachedTokenLoader:
             tokens, decoded = saved["tokens"], saved["decoded"].numpy()
             failed = [(int(i), str(p), str(r)) for i, p, r in saved["failed"]]
         except Exception as err:  # noqa: BLE001 - any unreadable cache file is rebuilt, never trusted
-            warnings.warn(f"{self.path}: unreadable token cache ({type(err).__name__}: {err}); rebuilding it")
+            warnings.warn(f"{self.path}: unreadable token cache ({type(err).__name__}: {err}); rebuilding it", stacklevel=2)
             return False
         if tuple(tokens.shape) != (flips, len(self.data), num_tokens, dim) or decoded.shape != (len(self.data),):
-            warnings.warn(f"{self.path}: token cache of shape {tuple(tokens.shape)} does not fit; rebuilding it")
+            warnings.warn(f"{self.path}: token cache of shape {tuple(tokens.shape)} does not fit; rebuilding it", stacklevel=2)
             return False
         self.tokens, self.decoded, self.failed = tokens, decoded, failed
         return True
@@ -171,7 +172,7 @@ class CachedTokenLoader:
             self.decoded[index.numpy()] = True
         model.train(was_training)
         if not self.decoded.any():
-            raise ValueError(f"no image of {self.data.source} could be decoded")
+            raise InvalidInputError(f"no image of {self.data.source} could be decoded")
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.sampler.set_epoch(epoch, start=start_batch * self.batch_size)

@@ -10,6 +10,8 @@ import functools
 import math
 from typing import Callable
 
+from ..errors import InvalidInputError
+
 
 def step_decay(step: int, *, steps_per_epoch: int, step_epochs: int, gamma: float) -> float:
     """x gamma every ``step_epochs`` epochs (paper: 0.1 every 30)."""
@@ -41,4 +43,4 @@ def make_schedule(name: str, *, steps_per_epoch: int, epochs: int, step_epochs: 
         return functools.partial(one_cycle, total_steps=steps_per_epoch * epochs, warmup_pct=warmup_pct)
     if name == "constant":
         return constant
-    raise ValueError(f"unknown schedule {name!r}")
+    raise InvalidInputError(f"unknown schedule {name!r}")
