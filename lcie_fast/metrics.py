@@ -33,13 +33,24 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .errors import InvalidInputError
+
+
+def sigmoid(logits: Any) -> np.ndarray:
+    """Probabilities of logits, without overflow at any float32 logit (``1 / (1 + exp(-x))``
+    overflows ``exp`` below -88.7: there it is computed as ``exp(x) / (1 + exp(x))``)."""
+    x = np.asarray(logits)
+    x = x.astype(np.result_type(x.dtype, np.float32), copy=False)
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
+
 
 def _to_numpy(values: Any, name: str) -> np.ndarray:
     if hasattr(values, "detach"):  # torch tensor, on any device and dtype
         values = values.detach().float().cpu().numpy()
     array = np.asarray(values, dtype=np.float64)
     if array.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (images, classes), got shape {array.shape}")
+        raise InvalidInputError(f"{name} must be 2-D (images, classes), got shape {array.shape}")
     return array
 
 
@@ -160,29 +171,29 @@ def multilabel_metrics(
     scores = _to_numpy(scores, "scores")
     targets = _to_numpy(targets, "targets")
     if scores.shape != targets.shape:
-        raise ValueError(f"scores {scores.shape} and targets {targets.shape} differ in shape")
+        raise InvalidInputError(f"scores {scores.shape} and targets {targets.shape} differ in shape")
     if not np.isfinite(scores).all():
-        raise ValueError("scores contain NaN or infinite values")
+        raise InvalidInputError("scores contain NaN or infinite values")
     if from_logits:
-        probabilities = 1.0 / (1.0 + np.exp(-scores))
+        probabilities = sigmoid(scores)
     else:
         if scores.size and (scores.min() < 0 or scores.max() > 1):
-            raise ValueError(
+            raise InvalidInputError(
                 f"scores range over [{scores.min():.3g}, {scores.max():.3g}], outside [0, 1]: "
                 f"pass from_logits=True for logits"
             )
         probabilities = scores
     num_images, num_classes = scores.shape
     if top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
+        raise InvalidInputError(f"top_k must be >= 1, got {top_k}")
     names = [str(n) for n in class_names] if class_names is not None else [str(i) for i in range(num_classes)]
     if len(names) != num_classes:
-        raise ValueError(f"{len(names)} class names for {num_classes} classes")
+        raise InvalidInputError(f"{len(names)} class names for {num_classes} classes")
 
     ap = average_precision(probabilities, targets, interpolated=interpolated)
     evaluated = ~np.isnan(ap)
     if not evaluated.any():
-        raise ValueError("no class has a positive target: mAP is undefined")
+        raise InvalidInputError("no class has a positive target: mAP is undefined")
 
     predicted = probabilities >= threshold
     tp, npred, npos = _counts(predicted, targets)
@@ -243,8 +254,8 @@ def fit_thresholds(scores: Any, targets: Any, *, from_logits: bool = False,
     scores = _to_numpy(scores, "scores")
     targets = _to_numpy(targets, "targets")
     if scores.shape != targets.shape:
-        raise ValueError(f"scores {scores.shape} and targets {targets.shape} differ in shape")
-    probabilities = 1.0 / (1.0 + np.exp(-scores)) if from_logits else scores
+        raise InvalidInputError(f"scores {scores.shape} and targets {targets.shape} differ in shape")
+    probabilities = sigmoid(scores) if from_logits else scores
     names = [str(n) for n in class_names] if class_names is not None else [str(i) for i in range(scores.shape[1])]
     thresholds, f1s, without = {}, {}, []
     for c, name in enumerate(names):
@@ -294,10 +305,10 @@ def bootstrap_interval(scores: Any, targets: Any, *, reference: Any = None, draw
     targets = _to_numpy(targets, "targets")
     ref = _to_numpy(reference, "reference") if reference is not None else None
     if scores.shape != targets.shape or (ref is not None and ref.shape != scores.shape):
-        raise ValueError(f"scores {scores.shape}, targets {targets.shape}"
+        raise InvalidInputError(f"scores {scores.shape}, targets {targets.shape}"
                          + (f" and reference {ref.shape}" if ref is not None else "") + " differ in shape")
     if draws < 1 or not 0 < confidence < 1:
-        raise ValueError(f"need draws >= 1 and 0 < confidence < 1, got {draws}, {confidence}")
+        raise InvalidInputError(f"need draws >= 1 and 0 < confidence < 1, got {draws}, {confidence}")
     rng = np.random.default_rng(seed)
     n = scores.shape[0]
     ranking = _rank(scores, targets)
@@ -313,7 +324,7 @@ def bootstrap_interval(scores: Any, targets: Any, *, reference: Any = None, draw
             values[i] = 100 * value
     values = values[np.isfinite(values)]
     if not len(values):
-        raise ValueError("no resample has a class with a positive target")
+        raise InvalidInputError("no resample has a class with a positive target")
     tail = (1 - confidence) / 2
     low, high = np.quantile(values, [tail, 1 - tail])
     return float(low), float(high)

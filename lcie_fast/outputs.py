@@ -9,17 +9,46 @@ is written twice.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import IO, Iterable
+from typing import IO, Any, Iterable
 
-from .tagger import TagRecord
+from .errors import InvalidInputError, UserError
 
 CSV_FIELDS = ["path", "labels", "error"]
 
 
-class OutputMismatchError(ValueError):
+@dataclasses.dataclass
+class TagRecord:
+    """The result for one input: what every output format writes.
+
+    Attributes:
+        index: Position of the input in the input order.
+        path: The input's path (None for in-memory images).
+        labels: (label name, score) of every label at or above its threshold, best first,
+            at most ``top_k``.
+        error: None, or why the input could not be tagged.
+        scores: Every label's score (only when asked for).
+    """
+
+    index: int
+    path: str | None
+    labels: list[tuple[str, float]]
+    error: str | None = None
+    scores: dict[str, float] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        record: dict[str, Any] = {"path": self.path} if self.path is not None else {"index": self.index}
+        record["labels"] = [{"label": name, "score": round(score, 5)} for name, score in self.labels]
+        record["error"] = self.error
+        if self.scores is not None:
+            record["scores"] = {k: round(v, 5) for k, v in self.scores.items()}
+        return record
+
+
+class OutputMismatchError(UserError, ValueError):
     """An existing output that holds records for other inputs."""
 
 
@@ -81,7 +110,7 @@ class RecordWriter:
 
     def __init__(self, target: str | Path | IO[str], fmt: str = "jsonl", append: bool = False) -> None:
         if fmt not in ("jsonl", "csv"):
-            raise ValueError(f"output format must be jsonl or csv, got {fmt!r}")
+            raise InvalidInputError(f"output format must be jsonl or csv, got {fmt!r}")
         self.fmt = fmt
         if isinstance(target, (str, Path)):
             Path(target).parent.mkdir(parents=True, exist_ok=True)

@@ -244,3 +244,19 @@ def test_compare_predictions_aligns_images_and_finds_a_real_improvement():
     assert result["images"] == 290 and result["dmAP"] == pytest.approx(expected, abs=1e-9)
     low, high = result["dmAP_ci95"]
     assert 0 < low < result["dmAP"] < high
+
+
+def test_sigmoid_is_stable_at_every_float32_logit():
+    import warnings
+
+    from lcie_fast.metrics import sigmoid
+
+    x = np.array([-1e4, -200.0, -89.5, -20.0, -1.0, 0.0, 1.0, 20.0, 200.0, 1e4], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 1 / (1 + exp(-x)) warns of an overflow below -88.7
+        p = sigmoid(x)
+    assert p.dtype == np.float32 and np.all((p >= 0) & (p <= 1))
+    mid = np.abs(x) < 50
+    np.testing.assert_allclose(p[mid], 1 / (1 + np.exp(-x[mid].astype(np.float64))), rtol=1e-6)
+    assert p[0] == 0.0 and p[-1] == 1.0 and 0 < p[2] < 1e-38
+    np.testing.assert_allclose(sigmoid(np.float64(-3.0)), 1 / (1 + np.exp(3.0)), rtol=1e-15)

@@ -71,6 +71,32 @@ def test_load_picks_a_backend_with_a_reason_when_none_fits(checkpoint, tmp_path)
         Tagger.load(checkpoint, backend="onnxruntime")
 
 
+def test_open_backend_is_the_one_way_to_a_backend(checkpoint):
+    """Paths and in-memory models alike; a device that is not here names why."""
+    from lcie_fast.metadata import metadata_for
+    from lcie_fast.runtime import BackendError, open_backend
+
+    model = create_model("lcie_tiny", num_classes=5)
+    backend = open_backend(model, meta=metadata_for(model), fast_ops="ref")
+    assert backend.name == "eager" and backend.device == "cpu"
+    assert list(open_backend(checkpoint, "eager", "cpu", fast_ops="ref").meta.label_names) == LABELS
+    with pytest.raises(BackendError, match="needs its metadata"):
+        open_backend(model)
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendError, match="no CUDA GPU") as info:
+            open_backend(checkpoint, device="cuda")
+        assert not str(info.value).rstrip().endswith(":")  # a reason, never an empty one
+
+
+def test_stats_count_every_input_once_with_many_decoder_threads(checkpoint, images):
+    tagger = Tagger.load(checkpoint)
+    inputs = _good(images) * 5 + [str(images / "odd" / "notes.jpg")] * 3
+    records = list(tagger.tag(inputs, batch_size=7, workers=8))
+    assert len(records) == len(inputs)
+    assert tagger.stats["images"] == len(inputs) and tagger.stats["errors"] == 3
+    assert tagger.stats["decode_s"] > 0 and tagger.stats["model_s"] > 0
+
+
 def test_folder_glob_list_manifest_and_stdin_give_the_same_records(checkpoint, images, tmp_path):
     tagger = Tagger.load(checkpoint)
     files = _good(images)
@@ -251,7 +277,7 @@ def test_video_frames_and_segments(checkpoint, tmp_path):
     tagger.thresholds[label] = (probs[:5, label].mean() + probs[5:10, label].mean()) / 2
     records, segments = tag_video(tagger, clip, batch_size=4, ema=1.0)
     assert [r["frame"] for r in records] == list(range(15))
-    on = [any(l["label"] == LABELS[label] for l in r["labels"]) for r in records]
+    on = [any(tag["label"] == LABELS[label] for tag in r["labels"]) for r in records]
     expected = [high] * 5 + [not high] * 5 + [high] * 5
     assert on == expected
     spans = [value for s in segments for value in (s.start, s.end)]

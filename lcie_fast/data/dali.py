@@ -24,12 +24,13 @@ Nothing is lost and nothing is fatal.
 from __future__ import annotations
 
 import collections
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from .._optional import require
+from ..errors import InvalidInputError
 from .augment import Augment, sample_seed
 from .datasets import MultiLabelSet
 from .loader import Batch, EpochSampler
@@ -87,16 +88,24 @@ class DaliLoader:
     """Batches decoded and preprocessed by DALI; same order, flips and Batch as TorchLoader.
 
     Args:
-        data, preprocess, batch_size, train, seed, device, rank, world_size: as TorchLoader.
+        data: A labelled set, or plain image paths to decode for inference (``train=False``;
+            each Batch then has (B, 0) targets).
+        preprocess, batch_size, train, seed, device, rank, world_size: as TorchLoader.
         threads: DALI CPU threads.
         prefetch: Batches in flight ahead of the one being consumed.
         augment: Training augmentation (only used when ``train``).
     """
 
-    def __init__(self, data: MultiLabelSet, preprocess: Preprocess, batch_size: int, *, train: bool, seed: int = 0,
+    def __init__(self, data: MultiLabelSet | Sequence[str], preprocess: Preprocess, batch_size: int, *, train: bool, seed: int = 0,
                  device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1, threads: int = 2,
                  prefetch: int = 1, channels_last: bool = True, augment: Augment | None = None) -> None:
+        if not isinstance(data, MultiLabelSet):
+            if train:
+                raise InvalidInputError("DaliLoader: training needs a labelled MultiLabelSet, not plain paths")
+            data = list(data)
         self.data = data
+        self.paths: list[str] = data if isinstance(data, list) else data.paths
+        self.targets = data.targets if isinstance(data, MultiLabelSet) else np.zeros((len(data), 0), np.int8)
         self.preprocess = preprocess
         self.batch_size = batch_size
         self.train = train
@@ -138,7 +147,7 @@ class DaliLoader:
         """Read encoded bytes; unreadable or empty files fail here, before DALI sees them."""
         items, failed, windows = [], [], []
         for index, flip in requests:
-            path = self.data.paths[index]
+            path = self.paths[index]
             try:
                 encoded = np.fromfile(path, dtype=np.uint8)
             except OSError as err:
@@ -176,13 +185,13 @@ class DaliLoader:
                 kept.append((index, flip, encoded))
                 windows.extend(batch["windows"][i:i + 1])
             except ImageDecodeError as err:
-                path = self.data.paths[index]
+                path = self.paths[index]
                 batch["failed"].append((index, path, str(err).replace("<bytes>", path, 1)))
         batch["items"], batch["windows"] = kept, windows
 
     def _to_batch(self, batch: dict, images: torch.Tensor) -> Batch:
         indices = torch.tensor([item[0] for item in batch["items"]], dtype=torch.int64)
-        targets = torch.from_numpy(self.data.targets[indices.numpy()]).to(self.device)
+        targets = torch.from_numpy(self.targets[indices.numpy()]).to(self.device)
         return Batch(images=images, targets=targets.clamp(min=0).float(), mask=(targets >= 0).float(),
                      indices=indices.to(self.device), failed=batch["failed"])
 

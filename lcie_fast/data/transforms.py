@@ -22,12 +22,13 @@ import torch
 import torch.nn.functional as F
 
 from ..config import PreprocessConfig
+from ..errors import UserError
 
 # An image larger than this many pixels is refused before it is decoded (decompression bombs).
 DEFAULT_MAX_PIXELS = 80_000_000
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(UserError, ValueError):
     """An input that cannot be turned into an RGB image; the message says why."""
 
 
@@ -60,7 +61,7 @@ def decode_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXEL
     with _open_image(data, name, max_pixels) as image:
         image.load()
         image = ImageOps.exif_transpose(image)
-    return _to_rgb8(image, name)
+    return to_rgb8(image, name)
 
 
 def image_header_size(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
@@ -103,7 +104,12 @@ def _open_image(data: bytes, name: str, max_pixels: int) -> Iterator:
         raise ImageDecodeError(f"{name}: corrupt or truncated image data: {err}") from None
 
 
-def _to_rgb8(image, name: str) -> np.ndarray:
+def to_rgb8(image, name: str) -> np.ndarray:
+    """A PIL image of any mode as (H, W, 3) uint8 RGB (16-bit and float grey scaled to 0-255).
+
+    Raises:
+        ImageDecodeError: a mode that cannot be converted, named with ``name``.
+    """
     mode = image.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         array = np.asarray(image).astype(np.float64)
