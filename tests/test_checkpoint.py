@@ -99,3 +99,30 @@ def test_weights_of_another_config_are_refused(tmp_path):
     torch.save(payload, path)
     with pytest.raises(CheckpointError, match="do not fit"):
         model_from_checkpoint(path)
+
+
+def test_old_layout_with_a_second_copy_of_the_shared_encoder_loads(tiny_model, tmp_path):
+    # before the shared encoder was held once, its weights were saved under both paths
+    path = save_checkpoint(tmp_path / "m.pt", tiny_model)
+    payload = torch.load(path, weights_only=True)
+    state = payload["model"]
+    assert not any(k.startswith("partial.encoder.") for k in state)
+    old = dict(state)
+    old.update({"partial." + k: v.clone() for k, v in state.items() if k.startswith("encoder.")})
+    payload["model"] = old
+    torch.save(payload, path)
+    model, _ = model_from_checkpoint(path)
+    assert model.partial.encoder is model.encoder
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), tiny_model.eval()(images), rtol=0, atol=0)
+    # a copy alone (no encoder.* keys) fills the encoder
+    only_copy = {k: v for k, v in old.items() if not k.startswith("encoder.")}
+    fresh = create_model("lcie_tiny")
+    fresh.load_state_dict(only_copy)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(images), tiny_model(images), rtol=0, atol=0)
+    # an unshared encoder keeps its own keys
+    unshared = create_model("lcie_tiny", share_encoder=False)
+    assert any(k.startswith("partial.encoder.") for k in unshared.state_dict())
+    unshared.load_state_dict(unshared.state_dict())

@@ -108,6 +108,63 @@ def test_model_takes_cached_tokens_in_place_of_images(tiny_model):
         model(tokens[:, :-1])
 
 
+def test_forward_is_forward_head_of_forward_features(tiny_model):
+    images = _images()
+    model = tiny_model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_head(model.forward_features(images)), model(images), rtol=0, atol=0)
+    torch.manual_seed(3)
+    trained = model.train()(images)
+    torch.manual_seed(3)
+    split = model.forward_head(model.forward_features(images))
+    assert isinstance(split, type(trained))
+    for a, b in zip(split, trained):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_config_and_preset_are_declared_and_set_by_the_builders(tiny_model):
+    from lcie_fast.config import ModelConfig
+    from lcie_fast.models import LCIE, build
+
+    assert {"config", "preset"} <= set(LCIE.__annotations__)
+    assert tiny_model.preset == "lcie_tiny" and isinstance(tiny_model.config, ModelConfig)
+    assert build(tiny_model.config).preset == "custom"
+
+
+@pytest.mark.parametrize("share_encoder", [True, False])
+def test_shared_encoder_is_held_once_in_the_state_dict(share_encoder):
+    model = create_model("lcie_tiny", share_encoder=share_encoder)
+    keys = model.state_dict().keys()
+    encoder_keys = {k for k in keys if k.startswith("encoder.")}
+    partial_keys = {k for k in keys if k.startswith("partial.encoder.")}
+    assert encoder_keys
+    assert partial_keys == (set() if share_encoder else {"partial." + k for k in encoder_keys})
+    assert (model.partial.encoder is model.encoder) == share_encoder
+    # a shared parameter is one parameter: every state dict tensor is its own storage
+    pointers = [v.data_ptr() for v in model.state_dict().values() if v.numel()]
+    assert len(pointers) == len(set(pointers))
+
+
+def test_fused_inference_overrides_only_the_token_projections(tiny_model):
+    from lcie_fast.models.fused import FusedLCIE, fuse_for_inference
+
+    images = _images()
+    model = tiny_model.eval()
+    with torch.no_grad():
+        reference = model(images)
+        fused = fuse_for_inference(model)
+        out = fused(images)
+    assert fused is model and isinstance(model, FusedLCIE)
+    overridden = {name for name, value in vars(FusedLCIE).items() if callable(value)}
+    assert overridden == {"label_features"}
+    err = (out - reference).abs().max().item()
+    print(f"fused vs plain fp32: max |logit diff| = {err:.2e}")
+    assert err <= 1e-5
+    # train mode runs the plain path: the partial branch and every gradient as before
+    train_out = model.train()(images)
+    assert train_out.infer_logits is not None
+
+
 def test_partial_branch_drops_round_ratio_tokens_and_reads_inference_token():
     torch.manual_seed(0)
     model = create_model("lcie_tiny", num_classes=20).train()  # round(0.1 * 20) = 2 dropped

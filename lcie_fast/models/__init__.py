@@ -38,9 +38,7 @@ def create_model(
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise TypeError(f"create_model: unknown override(s) {unknown}; known: {sorted(known)}")
-    model = build(dataclasses.replace(config, **overrides), pretrained=pretrained)
-    model.preset = name
-    return model
+    return build(dataclasses.replace(config, **overrides), pretrained=pretrained, preset=name)
 
 
 __all__ = ["LCIE", "ModelConfig", "TrainOutput", "build", "create_model", "list_models", "preset_config", "register_model"]

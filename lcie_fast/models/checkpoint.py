@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..errors import UserError
 from ..io import atomic_write
 from ..metadata import MetadataError, ModelMetadata, metadata_for
 
@@ -27,7 +28,7 @@ CHECKPOINT_FORMAT = "lcie_fast.checkpoint"
 CHECKPOINT_VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A file that is not a usable lcie_fast checkpoint; the message says which and why."""
 
 
@@ -129,6 +130,9 @@ def model_from_checkpoint(
 ) -> tuple[torch.nn.Module, ModelMetadata]:
     """Rebuild the model a checkpoint describes and load its weights (eval mode, CPU).
 
+    Files written while the shared correlation encoder was saved twice (``encoder.*`` and
+    ``partial.encoder.*``) load too: the model's load-state-dict pre-hook drops the copy.
+
     Raises:
         CheckpointError: as :func:`load_checkpoint`, or weights that do not fit the config.
     """
@@ -137,8 +141,7 @@ def model_from_checkpoint(
     if not isinstance(checkpoint, Checkpoint):
         checkpoint = load_checkpoint(checkpoint, expected_preset=expected_preset)
     meta = checkpoint.meta
-    model = build(meta.model_config, pretrained=None)
-    model.preset = meta.preset
+    model = build(meta.model_config, pretrained=None, preset=meta.preset)
     try:
         model.load_state_dict(checkpoint.model_state)
     except RuntimeError as err:

@@ -1,5 +1,5 @@
-"""Inference-time rewrite of the label decoder and the spatial branch: one GEMM for all of
-their projections of the image tokens.
+"""Inference-time rewrite of the token projections of the label decoder and the spatial branch:
+one GEMM for all of them.
 
 Every decoder layer projects the same X_ml tokens to keys and values, and the spatial 1x1 conv
 is one more linear map of those tokens. ``fuse_for_inference`` stacks all of these weights
@@ -8,6 +8,9 @@ B*h*w tokens replaces seven; the decoder layers then read their keys and values 
 slices of its output, in place. The first layer's queries, a projection of the constant label
 embeddings, are computed once. The original ``nn.Linear`` weights become views of the stacked
 matrix, so the rewrite costs no extra memory and the state dict is unchanged.
+
+Only :meth:`LCIE.label_features <lcie_fast.models.lcie.LCIE.label_features>` is replaced (by
+:class:`FusedLCIE`); the decoder layers, heads and encoder run their own code.
 
 Call it after moving the model to its device and dtype, in eval mode; training and export use
 the unfused model.
@@ -25,9 +28,13 @@ from .lcie import LCIE
 class FusedTokenProjections(nn.Module):
     """All token projections of the decoder and spatial branch of ``model`` as one GEMM.
 
-    Returns from ``forward(tokens)``: L_ca (B, C, D) (or None without a decoder) and L_sp
-    (B, C, h*w) (or None without the spatial branch, or when it normalises its input first:
-    the model then runs its spatial branch itself).
+    Args:
+        model: The LCIE model; its decoder's key/value ``nn.Linear`` weights become views of
+            the stacked matrix (in place, values unchanged).
+
+    Buffers (not saved in the state dict): ``weight`` (6D + C, D) and ``bias`` (6D + C,), the
+    stacked projections; ``key_bias`` (h*w, 6D + C) or None, the position code's share of the
+    keys; ``first_queries`` (C, D) or None, the first layer's projection of the label embeddings.
     """
 
     def __init__(self, model: LCIE) -> None:
@@ -69,34 +76,55 @@ class FusedTokenProjections(nn.Module):
         if layers:
             with torch.no_grad():
                 first_queries = layers[0].cross_attn.q_proj(decoder.label_embed.detach())  # (C, D)
-        self.register_buffer("first_queries", first_queries, persistent=False)
-        # not submodules: they stay registered (once) under model.decoder
-        self.__dict__["_layers"] = layers
-        self.__dict__["_label_embed"] = decoder.label_embed if decoder is not None else None
+        self.register_buffer("first_queries", first_queries, persistent=False)  # (C, D) or None
 
-    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        b = tokens.shape[0]
+    def forward(self, tokens: torch.Tensor) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor | None]:
+        """Image tokens (B, N, D) -> (per decoder layer (keys, values) (B, N, D), L_sp (B, C, N)).
+
+        The keys and values are column slices of one GEMM output, read in place. L_sp is None
+        without a spatial branch, or when it normalises its input first (the model then runs
+        its spatial branch itself).
+        """
         d = self.dim
         projected = F.linear(tokens, self.weight.to(tokens.dtype), self.bias.to(tokens.dtype))  # (B, N, 6D + C)
         if self.key_bias is not None:
             projected = projected + self.key_bias.to(projected.dtype)
-        l_ca = None
-        if self._layers:
-            labels = self._label_embed.expand(b, -1, -1).to(projected.dtype)  # (B, C, D)
-            for i, layer in enumerate(self._layers):
-                attn = layer.cross_attn
-                q = self.first_queries.expand(b, -1, -1).to(projected.dtype) if i == 0 else attn.q_proj(labels)  # (B, C, D)
-                keys = projected[..., 2 * i * d:(2 * i + 1) * d]  # (B, N, D), read in place
-                values = projected[..., (2 * i + 1) * d:(2 * i + 2) * d]  # (B, N, D)
-                labels = layer.norm1(labels + attn.attend(q, keys, values))  # (B, C, D)
-                labels = layer.norm2(labels + layer.ffn(labels))  # (B, C, D)
-            l_ca = labels
+        keys_values = [
+            (projected[..., 2 * i * d:(2 * i + 1) * d], projected[..., (2 * i + 1) * d:(2 * i + 2) * d])
+            for i in range(self.num_layers)
+        ]  # per layer (B, N, D), (B, N, D)
         l_sp = projected[..., 2 * self.num_layers * d:].transpose(1, 2) if self.has_spatial else None  # (B, C, N)
+        return keys_values, l_sp
+
+
+class FusedLCIE(LCIE):
+    """An LCIE model whose token projections run as one GEMM in eval mode (see the module doc).
+
+    Made by :func:`fuse_for_inference` from a built model, never constructed directly. In train
+    mode it runs the plain LCIE path (the stacked spatial filters and first queries are copies
+    that training would leave stale).
+    """
+
+    fused_projections: FusedTokenProjections
+
+    def label_features(
+        self, tokens: torch.Tensor, x_ml: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """As :meth:`LCIE.label_features`, the projections of ``tokens`` (B, h*w, D) by one GEMM."""
+        if self.training:
+            return super().label_features(tokens, x_ml)
+        projections = self.fused_projections
+        keys_values, l_sp = projections(tokens)  # per layer (B, h*w, D) x 2; (B, C, h*w) or None
+        l_ca = None
+        if self.decoder is not None:
+            l_ca = self.decoder.decode(keys_values, tokens.shape[0], projections.first_queries)  # (B, C, D), eq. 2
+        if l_sp is None and self.spatial is not None:  # a normalised spatial input is not fused
+            l_sp = self.spatial(x_ml)  # (B, C, h*w), eq. 4
         return l_ca, l_sp
 
 
 def fuse_for_inference(model: LCIE) -> LCIE:
-    """Install :class:`FusedTokenProjections` on ``model`` (in place) and put it in eval mode.
+    """Turn ``model`` (in place) into a :class:`FusedLCIE` and put it in eval mode.
 
     The model's outputs are unchanged up to floating-point reassociation; its state dict is
     unchanged. Returns the model.
@@ -105,4 +133,6 @@ def fuse_for_inference(model: LCIE) -> LCIE:
     if model.decoder is None and (model.spatial is None or model.spatial.norm is not None):
         return model  # nothing to stack into one GEMM
     model.fused_projections = FusedTokenProjections(model)
+    # in place, as torch.nn.utils.parametrize swaps a module's class: callers keep their reference
+    model.__class__ = FusedLCIE
     return model

@@ -3,6 +3,8 @@
 Reading order: building blocks (heads, attention, FFN), the label decoder (LCIE, eq. 2-3),
 the spatial branch (eq. 4-5), the correlation encoder (eq. 7-10), the model (eq. 1-11), and
 ``build`` at the bottom, the only place that reads a :class:`~lcie_fast.config.ModelConfig`.
+The loss (eq. 12-13) is in :mod:`lcie_fast.models.losses`; the inference rewrite of the token
+projections in :mod:`lcie_fast.models.fused`.
 
 Shapes: B batch, C labels, D = sum of the fused backbone channels, h*w image tokens
 (h = w = img_size / 32), E = D + h*w the width of a fused label token (eq. 6).
@@ -12,14 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from .. import ops
 from ..config import ModelConfig, PreprocessConfig
+from ..errors import InvalidInputError
 from .backbone import Backbone
 
 
@@ -52,7 +56,7 @@ class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"attention width {dim} is not divisible by num_heads={num_heads}")
+            raise InvalidInputError(f"attention width {dim} is not divisible by num_heads={num_heads}")
         self.num_heads = num_heads
         self.dropout = dropout
         self.q_proj = nn.Linear(dim, dim)
@@ -109,9 +113,22 @@ class DecoderLayer(nn.Module):
         self.dropout1 = nn.Dropout(dropout)
         self.dropout2 = nn.Dropout(dropout)
 
-    def forward(self, labels: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """labels (B, C, D); keys, values (B, N, D) -> (B, C, D)."""
-        labels = self.norm1(labels + self.dropout1(self.cross_attn(labels, keys, values)))  # (B, C, D)
+    def forward(
+        self, labels: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, queries: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """One layer on image tokens already projected to this layer's keys and values.
+
+        Args:
+            labels: Label tokens (B, C, D).
+            keys, values: ``k_proj`` and ``v_proj`` of the image tokens (B, N, D), any strides.
+            queries: ``q_proj(labels)`` (B, C, D) when the caller has it already.
+
+        Returns:
+            Label tokens (B, C, D).
+        """
+        attn = self.cross_attn
+        queries = attn.q_proj(labels) if queries is None else queries  # (B, C, D)
+        labels = self.norm1(labels + self.dropout1(attn.attend(queries, keys, values)))  # (B, C, D)
         return self.norm2(labels + self.dropout2(self.ffn(labels)))  # (B, C, D)
 
 
@@ -148,18 +165,46 @@ class LabelDecoder(nn.Module):
         self.register_buffer("pos", pos, persistent=False)  # (h*w, D) or None
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Image tokens (B, h*w, D) -> context-aware categorical features L_ca (B, C, D)."""
+        """Image tokens (B, h*w, D) -> context-aware categorical features L_ca (B, C, D) (eq. 2)."""
+        return self.decode(self.project(tokens), tokens.shape[0])  # (B, C, D)
+
+    def project(self, tokens: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Image tokens (B, h*w, D) -> every layer's (keys, values), each (B, h*w, D)."""
         keys = tokens if self.pos is None else tokens + self.pos.to(tokens.dtype)  # (B, h*w, D)
-        labels = self.label_embed.expand(tokens.shape[0], -1, -1)  # (B, C, D)
-        for layer in self.layers:
-            labels = layer(labels, keys, tokens)  # (B, C, D)
+        return [(layer.cross_attn.k_proj(keys), layer.cross_attn.v_proj(tokens)) for layer in self.layers]
+
+    def decode(
+        self,
+        keys_values: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        batch: int,
+        first_queries: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The layers on image tokens already projected (by :meth:`project` or the fused GEMM).
+
+        Args:
+            keys_values: One (keys, values) pair (B, h*w, D) per layer, any strides.
+            batch: B.
+            first_queries: The first layer's ``q_proj(label_embed)`` (C, D), if precomputed:
+                it does not depend on the image.
+
+        Returns:
+            L_ca (B, C, D).
+        """
+        if len(keys_values) != len(self.layers):
+            raise ValueError(f"expected keys and values for {len(self.layers)} layers, got {len(keys_values)}")
+        labels = self.label_embed.expand(batch, -1, -1)  # (B, C, D), L_eb
+        for i, (layer, (keys, values)) in enumerate(zip(self.layers, keys_values)):
+            queries = None
+            if i == 0 and first_queries is not None:
+                queries = first_queries.expand(batch, -1, -1).to(keys.dtype)  # (B, C, D)
+            labels = layer(labels, keys, values, queries)  # (B, C, D)
         return labels
 
 
 def sine_position_code(h: int, w: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
     """Fixed 2-D sine code (DETR / Query2Label style) for an h x w grid -> (h*w, dim)."""
     if dim % 4:
-        raise ValueError(f"a 2-D sine position code needs a width divisible by 4, got {dim}")
+        raise InvalidInputError(f"a 2-D sine position code needs a width divisible by 4, got {dim}")
     quarter = dim // 4
     omega = temperature ** (-torch.arange(quarter, dtype=torch.float32) / quarter)  # (dim/4,)
     ys = (torch.arange(h, dtype=torch.float32) + 0.5) / h * 2 * math.pi  # (h,)
@@ -235,14 +280,30 @@ class PartialLabelBranch(nn.Module):
     Drops ``num_dropped`` of the C fused label tokens at random (independently per image),
     prepends a learnable inference token, runs the encoder, and maps the inference token's
     output through its own linear E -> C head.
+
+    Args:
+        dim: E.
+        num_classes: C.
+        mask_ratio: Fraction of the C label tokens dropped.
+        encoder: The correlation encoder to run.
+        shared: ``encoder`` is the full-label path's (registered there): it is held here as a
+            plain reference, so its weights appear once in ``state_dict()``, under ``encoder.``.
+            Otherwise it is this branch's own submodule (``partial.encoder.``).
     """
 
-    def __init__(self, dim: int, num_classes: int, mask_ratio: float, encoder: CorrelationEncoder) -> None:
+    def __init__(
+        self, dim: int, num_classes: int, mask_ratio: float, encoder: CorrelationEncoder, *, shared: bool
+    ) -> None:
         super().__init__()
         # rounded half up; at least one label token always stays
         self.num_dropped = min(int(mask_ratio * num_classes + 0.5), num_classes - 1)
         self.infer_token = nn.Parameter(torch.zeros(1, 1, dim).normal_(std=0.02))  # (1, 1, E)
-        self.encoder = encoder
+        self.shared = shared
+        if shared:
+            # a plain attribute, not a submodule: Module.__setattr__ would register it a second time
+            object.__setattr__(self, "encoder", encoder)
+        else:
+            self.encoder = encoder
         self.head = nn.Linear(dim, num_classes)
 
     def forward(self, fused: torch.Tensor) -> torch.Tensor:
@@ -250,10 +311,10 @@ class PartialLabelBranch(nn.Module):
         b, c, e = fused.shape
         keep = c - self.num_dropped
         order = torch.rand(b, c, device=fused.device).argsort(dim=1)[:, :keep]  # (B, keep)
-        kept = fused.gather(1, order.unsqueeze(-1).expand(-1, -1, e))  # (B, keep, E)
-        tokens = torch.cat([self.infer_token.expand(b, -1, -1).to(kept.dtype), kept], dim=1)  # (B, 1+keep, E)
-        inferred = self.encoder(tokens)[:, 0]  # (B, E)
-        return self.head(inferred)  # (B, C)
+        masked = fused.gather(1, order.unsqueeze(-1).expand(-1, -1, e))  # (B, keep, E), L_mask
+        tokens = torch.cat([self.infer_token.expand(b, -1, -1).to(masked.dtype), masked], dim=1)  # (B, 1+keep, E)
+        inferred = self.encoder(tokens)[:, 0]  # (B, E), L_inf, eq. 9
+        return self.head(inferred)  # (B, C), y_infer, eq. 10
 
 
 class TrainOutput(NamedTuple):
@@ -283,9 +344,17 @@ class LCIE(nn.Module):
         spatial_norm: LayerNorm over the D channels of X_ml before the spatial conv.
         fused_norm: LayerNorm on the spatial half of each fused label token (eq. 6).
 
-    ``forward`` returns logits (B, C) in eval mode and :class:`TrainOutput` in train mode;
-    the partial branch never runs in eval mode and never reaches an exported graph.
+    ``forward(x) = forward_head(forward_features(x))`` returns logits (B, C) in eval mode and
+    :class:`TrainOutput` in train mode; the partial branch never runs in eval mode and never
+    reaches an exported graph.
+
+    Attributes:
+        config: The resolved ModelConfig, set by :func:`build` (None for a model built directly).
+        preset: The registered preset name (``"custom"`` unless a builder names it).
     """
+
+    config: ModelConfig | None
+    preset: str
 
     def __init__(
         self,
@@ -312,6 +381,8 @@ class LCIE(nn.Module):
         fused_norm: bool = False,
     ) -> None:
         super().__init__()
+        self.config = None
+        self.preset = "custom"
         self.backbone = backbone
         channels = backbone.feature_info.channels()
         reduction = backbone.feature_info.reduction()[-1]
@@ -323,7 +394,7 @@ class LCIE(nn.Module):
         num_tokens = self.token_hw[0] * self.token_hw[1]  # h*w
         self.fused_dim = (self.dim if lcie else 0) + (num_tokens if spatial else 0)  # E
         if (full or partial) and self.fused_dim % num_heads:
-            raise ValueError(
+            raise InvalidInputError(
                 f"the fused label width E = {self.fused_dim} (D = {self.dim if lcie else 0} + h*w = "
                 f"{num_tokens if spatial else 0} at img_size {img_size}) is not divisible by num_heads={num_heads}; "
                 f"choose an img_size whose token count makes it divisible, or another num_heads"
@@ -345,14 +416,15 @@ class LCIE(nn.Module):
         self.head_co = GroupLinear(num_classes, self.fused_dim) if full else None
         self.partial = None
         if partial:
-            shared = self.encoder if (share_encoder and self.encoder is not None) else None
+            shared = share_encoder and self.encoder is not None
             self.partial = PartialLabelBranch(
-                self.fused_dim, num_classes, mask_ratio, shared or CorrelationEncoder(*encoder_args)
+                self.fused_dim, num_classes, mask_ratio, self.encoder if shared else CorrelationEncoder(*encoder_args),
+                shared=shared,
             )
-        self.fused_projections = None  # set by models.fused.fuse_for_inference
         self._reset_transformer_parameters()
         if branch_init == "zero":
             self._zero_branch_outputs()
+        self.register_load_state_dict_pre_hook(_drop_shared_encoder_copy)
 
     def _reset_transformer_parameters(self) -> None:
         # Xavier on every Transformer matrix, as DETR and Query2Label initialise theirs.
@@ -376,12 +448,22 @@ class LCIE(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images (B, 3, H, W) -> (image tokens (B, h*w, D), X_ml (B, D, h, w)) (eq. 1)."""
+        """The backbone and MLFF: the features :meth:`forward_head` reads.
+
+        Args:
+            images: Images (B, 3, H, W), or image tokens (B, h*w, D) this method returned
+                before (a frozen backbone's cached features), passed through.
+
+        Returns:
+            ``(tokens, x_ml)``: image tokens (B, h*w, D) and X_ml (B, D, h, w), the same values.
+        """
+        if images.dim() == 3:  # cached image tokens
+            return images, self.tokens_to_map(images)  # (B, h*w, D), (B, D, h, w)
         features = self.backbone(images)  # [X3, X4, X5]
         levels = features if self.mlff else features[-1:]
-        tokens, x_ml = ops.downsample_concat(*levels)  # (B, h*w, D), (B, D, h, w)
+        tokens, x_ml = ops.downsample_concat(*levels)  # (B, h*w, D), (B, D, h, w), eq. 1
         if tuple(x_ml.shape[-2:]) != self.token_hw:
-            raise ValueError(
+            raise InvalidInputError(
                 f"this model is built for {self.img_size}x{self.img_size} inputs "
                 f"({self.token_hw[0]}x{self.token_hw[1]} image tokens); got images of "
                 f"{tuple(images.shape[-2:])} giving {tuple(x_ml.shape[-2:])} tokens"
@@ -392,77 +474,115 @@ class LCIE(nn.Module):
         """Image tokens (B, h*w, D) -> X_ml (B, D, h, w), a channels-last view of the same values."""
         b, n, d = tokens.shape
         if (n, d) != (self.token_hw[0] * self.token_hw[1], self.dim):
-            raise ValueError(
+            raise InvalidInputError(
                 f"expected images (B, 3, {self.img_size}, {self.img_size}) or image tokens "
                 f"(B, {self.token_hw[0] * self.token_hw[1]}, {self.dim}); got {tuple(tokens.shape)}"
             )
         return tokens.transpose(1, 2).unflatten(2, self.token_hw)  # (B, D, h, w)
 
-    def forward_branches(self, images: torch.Tensor, with_partial: bool | None = None) -> dict[str, torch.Tensor]:
-        """Every intermediate of eq. 1-11 by name (for tests, analysis and the trainer).
+    def label_features(
+        self, tokens: torch.Tensor, x_ml: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """L_ca (B, C, D) and L_sp (B, C, h*w), each None where its module is off.
+
+        The one step of the head that projects the image tokens; the inference rewrite in
+        :mod:`lcie_fast.models.fused` overrides it and nothing else.
 
         Args:
-            images: Images (B, 3, H, W), or the image tokens (B, h*w, D) that
-                :meth:`forward_features` returns (a frozen backbone's cached features).
+            tokens: Image tokens (B, h*w, D).
+            x_ml: The same values as X_ml (B, D, h, w).
+        """
+        l_ca = self.decoder(tokens) if self.decoder is not None else None  # (B, C, D), eq. 2
+        l_sp = self.spatial(x_ml) if self.spatial is not None else None  # (B, C, h*w), eq. 4
+        return l_ca, l_sp
+
+    def head_branches(
+        self, features: tuple[torch.Tensor, torch.Tensor], with_partial: bool | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The head (eq. 2-11) on the output of :meth:`forward_features`, every intermediate by name.
+
+        Args:
+            features: ``(tokens (B, h*w, D), x_ml (B, D, h, w))``.
             with_partial: Run the partial branch; defaults to ``self.training``.
 
-        Keys (present when the module is on): ``tokens``, ``x_ml``, ``l_ca``, ``y_ca``,
-        ``l_sp``, ``y_sp``, ``fused``, ``l_co``, ``y_co``, ``y_infer``, ``logits``.
+        Returns:
+            Keys (present when the module is on): ``tokens``, ``x_ml``, ``l_ca``, ``y_ca``,
+            ``l_sp``, ``y_sp``, ``fused``, ``l_co``, ``y_co``, ``y_infer``, ``logits`` (B, C).
         """
-        out: dict[str, torch.Tensor] = {}
-        if images.dim() == 3:  # cached image tokens
-            tokens, x_ml = images, self.tokens_to_map(images)  # (B, h*w, D), (B, D, h, w)
-        else:
-            tokens, x_ml = self.forward_features(images)  # (B, h*w, D), (B, D, h, w)
-        out["tokens"], out["x_ml"] = tokens, x_ml
+        tokens, x_ml = features
+        out: dict[str, torch.Tensor] = {"tokens": tokens, "x_ml": x_ml}
         if self.baseline_head is not None:
             out["logits"] = self.baseline_head(x_ml.mean(dim=(2, 3)))  # (B, C)
             return out
         parts, logits = [], []
-        if self.fused_projections is not None and not self.training:
-            # inference rewrite (models/fused.py): one GEMM for every token projection
-            l_ca, l_sp = self.fused_projections(tokens)  # (B, C, D), (B, C, h*w) or None
-            if l_sp is None and self.spatial is not None:  # a normalised spatial input is not fused
-                l_sp = self.spatial(x_ml)  # (B, C, h*w)
-        else:
-            l_ca = self.decoder(tokens) if self.decoder is not None else None  # (B, C, D)
-            l_sp = self.spatial(x_ml) if self.spatial is not None else None  # (B, C, h*w)
+        l_ca, l_sp = self.label_features(tokens, x_ml)  # (B, C, D), (B, C, h*w), eq. 2 and 4
         if l_ca is not None:
             out["l_ca"] = l_ca
-            out["y_ca"] = self.head_ca(l_ca)  # (B, C)
+            out["y_ca"] = self.head_ca(l_ca)  # (B, C), eq. 3
             parts.append(l_ca)
             logits.append(out["y_ca"])
         if l_sp is not None:
-            out["l_sp"], out["y_sp"] = l_sp, l_sp.amax(dim=-1)  # (B, C, h*w), (B, C)
+            out["l_sp"], out["y_sp"] = l_sp, l_sp.amax(dim=-1)  # (B, C, h*w), (B, C), eq. 5
             spatial_half = self.fused_norm(l_sp) if self.fused_norm is not None else l_sp  # (B, C, h*w)
             parts.append(spatial_half.to(parts[0].dtype) if parts else spatial_half)
             logits.append(out["y_sp"])
-        fused = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)  # (B, C, E)
+        fused = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)  # (B, C, E), L, eq. 6
         out["fused"] = fused
         if self.encoder is not None:
-            out["l_co"] = self.encoder(fused)  # (B, C, E)
-            out["y_co"] = self.head_co(out["l_co"])  # (B, C)
+            out["l_co"] = self.encoder(fused)  # (B, C, E), eq. 7
+            out["y_co"] = self.head_co(out["l_co"])  # (B, C), eq. 8
             logits.append(out["y_co"])
         out["logits"] = sum(logits[1:], logits[0])  # (B, C), eq. 11
         if self.partial is not None and (self.training if with_partial is None else with_partial):
-            out["y_infer"] = self.partial(fused)  # (B, C)
+            out["y_infer"] = self.partial(fused)  # (B, C), eq. 9-10
         return out
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor | TrainOutput:
-        """Images (B, 3, H, W), or their image tokens (B, h*w, D) from a feature cache -> logits
-        (B, C); in train mode a TrainOutput(logits, y_infer)."""
-        out = self.forward_branches(images)
+    def forward_head(self, features: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor | TrainOutput:
+        """:meth:`forward_features`'s output -> logits y (B, C); in train mode TrainOutput(y, y_infer)."""
+        out = self.head_branches(features)
         if self.training:
             return TrainOutput(out["logits"], out.get("y_infer"))
         return out["logits"]
 
+    def forward_branches(self, images: torch.Tensor, with_partial: bool | None = None) -> dict[str, torch.Tensor]:
+        """Every intermediate of eq. 1-11 by name (for tests, analysis and the trainer).
 
-def build(config: ModelConfig, pretrained: bool | str | Path | None = None) -> LCIE:
+        Args:
+            images: Images (B, 3, H, W) or cached image tokens (B, h*w, D), as :meth:`forward_features`.
+            with_partial: Run the partial branch; defaults to ``self.training``.
+
+        Returns:
+            The dict of :meth:`head_branches`.
+        """
+        return self.head_branches(self.forward_features(images), with_partial)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor | TrainOutput:
+        """Images (B, 3, H, W), or their image tokens (B, h*w, D) from a feature cache -> logits
+        (B, C); in train mode a TrainOutput(logits, y_infer)."""
+        return self.forward_head(self.forward_features(images))
+
+
+def _drop_shared_encoder_copy(model: LCIE, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Load-state-dict pre-hook: read state dicts written while the shared encoder was
+    registered under both paths (``encoder.*`` and ``partial.encoder.*``, the same tensors).
+
+    The ``partial.encoder.*`` copy fills any ``encoder.*`` key it lacks, then is dropped.
+    """
+    if model.partial is None or not model.partial.shared:
+        return
+    old, new = f"{prefix}partial.encoder.", f"{prefix}encoder."
+    for key in [k for k in state_dict if k.startswith(old)]:
+        state_dict.setdefault(new + key[len(old):], state_dict[key])
+        del state_dict[key]
+
+
+def build(config: ModelConfig, pretrained: bool | str | Path | None = None, *, preset: str = "custom") -> LCIE:
     """Build an LCIE model from a ModelConfig; ``model.config`` holds the resolved config.
 
     Args:
         config: Architecture; ``preprocess=None`` takes the backbone's mean/std.
         pretrained: Backbone weights: None (random), True (local ImageNet weights) or a path.
+        preset: The preset name ``config`` came from, kept as ``model.preset``.
     """
     backbone = Backbone(config.backbone, config.feature_reductions, pretrained=pretrained, **config.backbone_kwargs)
     model = LCIE(
@@ -488,7 +608,7 @@ def build(config: ModelConfig, pretrained: bool | str | Path | None = None) -> L
         fused_norm=config.fused_norm,
     )
     if config.preprocess is not None and config.preprocess.input_size != config.img_size:
-        raise ValueError(
+        raise InvalidInputError(
             f"model.preprocess.input_size={config.preprocess.input_size} differs from "
             f"model.img_size={config.img_size}"
         )
@@ -501,4 +621,5 @@ def build(config: ModelConfig, pretrained: bool | str | Path | None = None) -> L
         )
         config = dataclasses.replace(config, preprocess=preprocess)
     model.config = config
+    model.preset = preset
     return model

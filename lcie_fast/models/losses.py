@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InvalidInputError
+
 
 class LCIELoss(nn.Module):
     """alpha x BCE(y, t) + beta x BCE(y_infer, t) over known labels.
@@ -30,7 +32,7 @@ class LCIELoss(nn.Module):
     def __init__(self, alpha: float = 1.0, beta: float = 0.1, normalization: str = "sum") -> None:
         super().__init__()
         if normalization not in ("mean", "sum"):
-            raise ValueError(f"normalization must be 'mean' or 'sum', got {normalization!r}")
+            raise InvalidInputError(f"normalization must be 'mean' or 'sum', got {normalization!r}")
         self.alpha = alpha
         self.beta = beta
         self.normalization = normalization
@@ -39,7 +41,7 @@ class LCIELoss(nn.Module):
         """Masked BCE-with-logits in fp32. logits, targets, mask: (B, C) -> scalar."""
         logits = logits.float()
         targets = targets.float()
-        loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")  # (B, C)
+        loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")  # (B, C): eq. 12, per label
         if mask is None:
             known = torch.ones_like(loss)
         else:
@@ -70,11 +72,11 @@ class LCIELoss(nn.Module):
         else:
             logits, infer_logits = outputs
         if logits.shape != targets.shape:
-            raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ in shape")
+            raise InvalidInputError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ in shape")
         if mask is not None and mask.shape != targets.shape:
-            raise ValueError(f"mask {tuple(mask.shape)} and targets {tuple(targets.shape)} differ in shape")
+            raise InvalidInputError(f"mask {tuple(mask.shape)} and targets {tuple(targets.shape)} differ in shape")
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            loss = self.alpha * self.bce(logits, targets, mask)
+            loss = self.alpha * self.bce(logits, targets, mask)  # eq. 13: alpha * BCE(y)
             if infer_logits is not None and self.beta:
-                loss = loss + self.beta * self.bce(infer_logits, targets, mask)
+                loss = loss + self.beta * self.bce(infer_logits, targets, mask)  # + beta * BCE(y_infer)
         return loss

@@ -34,7 +34,7 @@ class ModelEMA:
     def update(self, model: nn.Module) -> None:
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
         self.updates += 1
-        # named_parameters() lists a shared module once (the shared encoder), state_dict() twice
+        # parameters() and buffers() walk the same modules in the same order in both copies
         for ema_param, param in zip(self.module.parameters(), model.parameters()):
             ema_param.lerp_(param.detach().to(ema_param.dtype), 1.0 - decay)
         for ema_buffer, buffer in zip(self.module.buffers(), model.buffers()):
