@@ -1,6 +1,7 @@
 """Fast ops against their references at the presets' shapes, with the roofline of the same device.
 
-For every preset shape (lcie_r101_448, lcie_r101_576, lcie_effl0_448) and batch (1, 16, 64):
+For every preset (lcie_r101_448, lcie_r101_576, lcie_effl0_448; shapes read from the backbone's
+``feature_info`` by :func:`lcie_fast.ops.shapes.op_shapes`) and batch (1, 16, 64):
 
 - downsample_concat: ref / triton / cuda; achieved GB/s = (input bytes the op must read + output
   bytes) / time, against the measured device-copy bandwidth;
@@ -29,11 +30,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-PRESETS = {  # (X3, X4, X5) channels and sizes, D, tokens per side, labels
-    "lcie_r101_448": {"levels": ((512, 56), (1024, 28), (2048, 14)), "heads": 4, "classes": 80},
-    "lcie_r101_576": {"levels": ((512, 72), (1024, 36), (2048, 18)), "heads": 4, "classes": 80},
-    "lcie_effl0_448": {"levels": ((40, 56), (112, 28), (320, 14)), "heads": 4, "classes": 80},
-}
+PRESETS = ("lcie_r101_448", "lcie_r101_576", "lcie_effl0_448")
 
 
 def timer(device: torch.device, reps: int, warmup: int = 3) -> Callable[[Callable[[], object]], float]:
@@ -73,18 +70,18 @@ def roofline(device: torch.device, dtype: torch.dtype, time_it) -> dict[str, flo
     return {"copy_GBps": 2 * n / copy_s / 1e9, "gemm_TFLOPs": 2 * size**3 / gemm_s / 1e12}
 
 
-def touched_input_bytes(levels, out_hw: int, batch: int, itemsize: int) -> int:
-    """Bytes of the input pixels bilinear sampling reads (each unique pixel once)."""
-    total = 0
-    for channels, size in levels:
-        if size == out_hw:
-            rows = size
-        else:
-            scale = size / out_hw
-            rows = len({min(max(int(max((o + 0.5) * scale - 0.5, 0.0)) + k, 0), size - 1)
-                        for o in range(out_hw) for k in (0, 1)})
-        total += batch * channels * rows * rows * itemsize
-    return total
+def _touched(size: int, out: int) -> int:
+    """How many of ``size`` input rows bilinear sampling down to ``out`` rows reads."""
+    if size == out:
+        return size
+    scale = size / out
+    return len({min(max(int(max((o + 0.5) * scale - 0.5, 0.0)) + k, 0), size - 1) for o in range(out) for k in (0, 1)})
+
+
+def touched_input_bytes(levels, out_hw: tuple[int, int], batch: int, itemsize: int) -> int:
+    """Bytes of the input pixels bilinear sampling reads (each unique pixel once) from
+    ``levels`` = ((C, H, W), ...) down to ``out_hw``."""
+    return sum(batch * c * _touched(h, out_hw[0]) * _touched(w, out_hw[1]) * itemsize for c, h, w in levels)
 
 
 def check(name: str, fast: torch.Tensor, ref: torch.Tensor, results: list) -> None:
@@ -102,10 +99,8 @@ def main() -> None:
     parser.add_argument("--output", default="bench_ops.json")
     args = parser.parse_args()
 
-    from lcie_fast import ops
-    from lcie_fast.ops.attention import FAST_IMPLS as ATTN_IMPLS
-    from lcie_fast.ops.dispatch import not_supported_reasons
-    from lcie_fast.ops.downsample_concat import FAST_IMPLS as DC_IMPLS
+    from lcie_fast import create_model, ops
+    from lcie_fast.ops.shapes import op_shapes
 
     device = torch.device(args.device)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[
@@ -117,18 +112,18 @@ def main() -> None:
     torch.manual_seed(0)
     with torch.no_grad():
         for preset in args.presets:
-            spec = PRESETS[preset]
-            levels = spec["levels"]
-            d = sum(c for c, _ in levels)
-            hw = levels[-1][1]
-            heads, classes = spec["heads"], spec["classes"]
+            with torch.device("meta"):  # the shapes only: no weights, no memory
+                shapes = op_shapes(create_model(preset))
+            levels, d, tokens_hw = shapes.levels, shapes.dim, shapes.tokens
+            heads, classes = shapes.num_heads, shapes.num_classes
             for batch in args.batches:
-                maps = [torch.randn(batch, c, s, s, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
-                        for c, s in levels]
+                maps = [torch.randn(batch, c, h, w, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+                        for c, h, w in levels]
                 ref_tokens, _ = ops.downsample_concat(*maps, impl="ref")
-                moved = touched_input_bytes(levels, hw, batch, maps[0].element_size()) + ref_tokens.numel() * ref_tokens.element_size()
+                moved = (touched_input_bytes(levels, levels[-1][1:], batch, maps[0].element_size())
+                         + ref_tokens.numel() * ref_tokens.element_size())
                 for impl in ("ref", "triton", "cuda"):
-                    reasons = not_supported_reasons(DC_IMPLS, impl, *maps) if impl != "ref" else []
+                    reasons = ops.DOWNSAMPLE_CONCAT.not_supported_reasons(impl, *maps)
                     if reasons:
                         skipped[f"downsample_concat/{impl}"] = reasons
                         continue
@@ -141,7 +136,7 @@ def main() -> None:
                                  "of_peak": moved / seconds / 1e9 / peak["copy_GBps"]})
 
                 # the decoder's K/V projections (3 layers) + the spatial conv: 7 GEMMs vs 1
-                tokens = ref_tokens.reshape(batch * hw * hw, d)
+                tokens = ref_tokens.reshape(batch * tokens_hw, d)
                 weights = [torch.randn(d, d, device=device, dtype=dtype) * d**-0.5 for _ in range(6)]
                 spatial = torch.randn(classes, d, device=device, dtype=dtype) * d**-0.5
                 stacked = torch.cat(weights + [spatial])
@@ -153,15 +148,15 @@ def main() -> None:
                     rows.append({"op": "kv_projections", "impl": impl, "preset": preset, "batch": batch, "ms": seconds * 1e3,
                                  "TFLOPs": flops / seconds / 1e12, "of_peak": flops / seconds / 1e12 / peak["gemm_TFLOPs"]})
 
-                for op, (lq, lk, dh) in (("decoder_attention", (classes, hw * hw, d // heads)),
-                                         ("encoder_attention", (classes, classes, (d + hw * hw) // heads))):
+                for op, (lq, lk, dh) in (("decoder_attention", shapes.attention("decoder")),
+                                         ("encoder_attention", shapes.attention("encoder"))):
                     q = torch.randn(batch, heads, lq, dh, device=device, dtype=dtype)
                     k = torch.randn(batch, heads, lk, dh, device=device, dtype=dtype)
                     v = torch.randn(batch, heads, lk, dh, device=device, dtype=dtype)
                     ref = ops.attention(q, k, v, impl="ref")
                     flops = 4 * batch * heads * lq * lk * dh
                     for impl in ("ref", "triton"):
-                        reasons = not_supported_reasons(ATTN_IMPLS, impl, q, k, v, 0.0) if impl != "ref" else []
+                        reasons = ops.ATTENTION.not_supported_reasons(impl, q, k, v, 0.0)
                         if reasons:
                             skipped[f"attention/{impl}"] = reasons
                             continue

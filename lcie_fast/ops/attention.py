@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .dispatch import Implementation, choose
+from .dispatch import FastOp
 from .triton_support import triton_tensor_reasons
 
 FAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -55,12 +55,12 @@ def _attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout
     return _library.attention_triton(q, k, v)
 
 
-FAST_IMPLS: list[Implementation] = [Implementation("triton", _attention_triton, _triton_reasons)]
+ATTENTION = FastOp(name="attention", ref=attention_ref, impls={"triton": _attention_triton},
+                   checks={"triton": _triton_reasons})
 
 
 def attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0, impl: str = "auto"
 ) -> torch.Tensor:
     """Attention over (B, H, L, Dh) tensors; the Triton kernel serves inference (``dropout_p == 0``)."""
-    fn = choose("attention", impl, FAST_IMPLS, attention_ref, q, k, v, dropout_p)
-    return fn(q, k, v, dropout_p)
+    return ATTENTION.choose(impl, q, k, v, dropout_p)(q, k, v, dropout_p)

@@ -12,7 +12,7 @@ BUILD_HINT = (
 )
 
 
-@functools.lru_cache(maxsize=1)
+@functools.cache
 def _load() -> tuple[ModuleType | None, str]:
     try:
         module = importlib.import_module("lcie_fast._C")
@@ -24,23 +24,30 @@ def _load() -> tuple[ModuleType | None, str]:
     return module, ""
 
 
+@functools.cache
+def _reasons() -> tuple[str, ...]:
+    module, reason = _load()
+    if module is None:
+        return (reason,)
+    import torch
+
+    if not torch.cuda.is_available():
+        return ("lcie_fast._C is built, but there is no CUDA GPU to run it",)
+    return ()
+
+
 def extension() -> ModuleType | None:
     """The loaded extension module, or None."""
     return _load()[0]
 
 
 def extension_version() -> str:
+    """The loaded extension's ``__version__``, or ``""`` when it is not loaded."""
     module = extension()
     return getattr(module, "__version__", "") if module else ""
 
 
 def extension_reasons() -> list[str]:
-    """Reasons the CUDA extension cannot run in this process (empty when it can)."""
-    module, reason = _load()
-    if module is None:
-        return [reason]
-    import torch
-
-    if not torch.cuda.is_available():
-        return ["lcie_fast._C is built, but there is no CUDA GPU to run it"]
-    return []
+    """Reasons the CUDA extension cannot run in this process (empty when it can); probed once
+    per process (built and loadable, a CUDA GPU visible)."""
+    return list(_reasons())

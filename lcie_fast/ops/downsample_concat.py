@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .dispatch import Implementation, choose
+from .dispatch import FastOp
 from .triton_support import triton_tensor_reasons
 
 FAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -79,10 +79,12 @@ def _downsample_concat_cuda(*features: torch.Tensor) -> tuple[torch.Tensor, torc
     return _with_view(tokens, *features[-1].shape[-2:])
 
 
-FAST_IMPLS: list[Implementation] = [
-    Implementation("cuda", _downsample_concat_cuda, _cuda_reasons),
-    Implementation("triton", _downsample_concat_triton, _triton_reasons),
-]
+DOWNSAMPLE_CONCAT = FastOp(
+    name="downsample_concat",
+    ref=downsample_concat_ref,
+    impls={"cuda": _downsample_concat_cuda, "triton": _downsample_concat_triton},
+    checks={"cuda": _cuda_reasons, "triton": _triton_reasons},
+)
 
 
 def downsample_concat(*features: torch.Tensor, impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,5 +98,4 @@ def downsample_concat(*features: torch.Tensor, impl: str = "auto") -> tuple[torc
         ``(tokens (B, h*w, D), x_ml (B, D, h, w))``; from a fast kernel, ``tokens`` is
         contiguous and ``x_ml`` its channels-last view.
     """
-    fn = choose("downsample_concat", impl, FAST_IMPLS, downsample_concat_ref, *features)
-    return fn(*features)
+    return DOWNSAMPLE_CONCAT.choose(impl, *features)(*features)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -11,17 +12,26 @@ def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "") not in ("", "0")
 
 
-def triton_runtime_reasons() -> list[str]:
-    """Reasons Triton kernels cannot run in this process (empty when they can)."""
+@functools.cache
+def _runtime_reasons() -> tuple[str, ...]:
     if importlib.util.find_spec("triton") is None:
-        return ["triton is not installed (it ships with the CUDA builds of torch)"]
+        return ("triton is not installed (it ships with the CUDA builds of torch)",)
     if interpreter_enabled():
-        return []
+        return ()
     import torch
 
     if not torch.cuda.is_available():
-        return ["no CUDA GPU (set TRITON_INTERPRET=1 to run the kernels in Triton's CPU interpreter)"]
-    return []
+        return ("no CUDA GPU (set TRITON_INTERPRET=1 to run the kernels in Triton's CPU interpreter)",)
+    return ()
+
+
+def triton_runtime_reasons() -> list[str]:
+    """Reasons Triton kernels cannot run in this process (empty when they can).
+
+    Probed once per process: whether Triton is installed, the interpreter is on (Triton reads
+    ``TRITON_INTERPRET`` when its kernels are first defined) and a CUDA GPU is visible.
+    """
+    return list(_runtime_reasons())
 
 
 def triton_tensor_reasons(*tensors, auto: bool = False) -> list[str]:
