@@ -22,6 +22,7 @@ demo: $(VENV)/.installed
 
 # Two passes: Triton's interpreter must be switched on before Triton is first imported.
 test: $(VENV)/.installed
+	$(PY) -m ruff check lcie_fast tests benchmarks
 	$(PY) -m pytest -q
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -m interpreter
 

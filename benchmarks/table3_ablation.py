@@ -57,12 +57,6 @@ def row_slug(row: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in row.strip("+ ")).strip("_").lower()
 
 
-def parse_value(text: str):
-    import yaml
-
-    return yaml.safe_load(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", required=True, help="training split (fit and holdout subsets are cut from it)")
@@ -84,7 +78,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from lcie_fast.config import DataConfig, RunConfig, TrainConfig
+    from lcie_fast.config import DataConfig, RunConfig, TrainConfig, resolve_run_config
     from lcie_fast.data.datasets import load_data_spec
     from lcie_fast.data.transforms import Preprocess
     from lcie_fast.metrics import average_precision, multilabel_metrics
@@ -95,7 +89,8 @@ def main() -> None:
 
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     rows = {name: ROWS[name] for name in (args.rows or ROWS)}
-    extra = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.set)}
+    # the library's one override path: typed as ModelConfig's fields, checked before any training
+    extra = resolve_run_config([], {}, [f"model_overrides.{item}" for item in args.set]).model_overrides
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = out / "feature_cache"
@@ -157,7 +152,7 @@ def main() -> None:
         means = []
         for pick in picks:
             with np.errstate(all="ignore"):
-                means.append(100 * np.mean([np.nanmean(average_precision(l[pick], targets[pick])) for l in all_logits]))
+                means.append(100 * np.mean([np.nanmean(average_precision(logits[pick], targets[pick])) for logits in all_logits]))
         intervals[row] = [float(v) for v in np.quantile(means, [0.025, 0.975])]
 
     lines = [f"Table 3 at small scale: {args.model} heads on the frozen ImageNet backbone, "
