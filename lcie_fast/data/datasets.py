@@ -25,10 +25,14 @@ seeded permutation of the rows as loaded, so adding or removing rows changes it.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import dataclasses
+import io
 import json
 import logging
+import os
+import stat
 import urllib.parse
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -51,15 +55,13 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", "
 class ManifestError(UserError, ValueError):
     """A dataset description with problems; ``problems`` lists every one found."""
 
-    def __init__(self, source: str, problems: Sequence[str]) -> None:
+    def __init__(self, source: str, problems: Sequence[str], *, skippable: bool = True) -> None:
         self.source = source
         self.problems = list(problems)
         shown = "\n  ".join(self.problems[:20])
         more = f"\n  ... and {len(self.problems) - 20} more" if len(self.problems) > 20 else ""
-        super().__init__(
-            f"{source}: {len(self.problems)} problem(s):\n  {shown}{more}\n"
-            f"(pass on_error=skip to report and skip bad rows instead)"
-        )
+        hint = "\n(pass on_error=skip to report and skip bad rows instead)" if skippable else ""
+        super().__init__(f"{source}: {len(self.problems)} problem(s):\n  {shown}{more}{hint}")
 
 
 @dataclasses.dataclass
@@ -134,6 +136,65 @@ def _finish(source: str, paths: list[str], targets: list, names: list[str], prob
     return MultiLabelSet([paths[i] for i in keep], matrix, names, source, skipped=list(problems))
 
 
+def _read_bytes(path: Path) -> tuple[bytes, int]:
+    """A manifest's bytes without a leading UTF-8 BOM (spreadsheet programs write one), and the
+    BOM's length. Only a regular file is opened: a FIFO would block, a device never end."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ManifestError(str(path), ["not a regular file (a FIFO, device or folder?)"], skippable=False)
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ManifestError(str(path), [f"cannot read: {err}"], skippable=False) from None
+    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+    return raw[bom:], bom
+
+
+def _not_utf8(line_no: int, byte: int, offset: int) -> str:
+    return f"line {line_no}: not UTF-8 text (byte 0x{byte:02x} at byte offset {offset}); save the file as UTF-8"
+
+
+def _read_text(path: Path) -> str:
+    """A whole UTF-8 text file (BOM or not); bytes that are not UTF-8 are an error naming the first."""
+    body, bom = _read_bytes(path)
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as err:
+        problem = _not_utf8(body.count(b"\n", 0, err.start) + 1, body[err.start], bom + err.start)
+        raise ManifestError(str(path), [problem], skippable=False) from None
+
+
+def _read_lines(path: Path, *, csv_newlines: bool = False) -> tuple[list[str], dict[int, str]]:
+    """The lines of a UTF-8 text file (BOM or not, line ends kept) and ``{line number: problem}``
+    for the lines that are not UTF-8 (those are decoded with surrogate escapes, to be skipped).
+
+    Lines end at ``\\n`` (JSON Lines), or with ``csv_newlines`` at ``\\n``, ``\\r`` or ``\\r\\n`` as
+    the csv module reads them.
+    """
+    body, bom = _read_bytes(path)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    else:
+        return (list(io.StringIO(text, newline="")) if csv_newlines else _split_lf(text)), {}
+    lines, bad, offset = [], {}, bom
+    for line_no, raw in enumerate(body.splitlines(keepends=True) if csv_newlines else _split_lf(body), start=1):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            bad[line_no] = _not_utf8(line_no, raw[err.start], offset + err.start)
+            lines.append(raw.decode("utf-8", "surrogateescape"))
+        offset += len(raw)
+    return lines, bad
+
+
+def _split_lf(data: str | bytes) -> list:
+    """``data`` (str or bytes) cut after each newline, the newlines kept."""
+    newline = "\n" if isinstance(data, str) else b"\n"
+    pieces = data.split(newline)
+    return [piece + newline for piece in pieces[:-1]] + ([pieces[-1]] if pieces[-1] else [])
+
+
 def load_csv_manifest(path: str | Path, images: str | Path | None = None, on_error: str = "raise",
                       check_files: bool = True) -> MultiLabelSet:
     """CSV: a ``filename`` column and one column per label holding 1, 0, or -1 / empty (unknown).
@@ -148,23 +209,42 @@ def load_csv_manifest(path: str | Path, images: str | Path | None = None, on_err
     if images is None:
         images = path.parent / "images" if (path.parent / "images").is_dir() else path.parent
     images = Path(images)
+    lines, not_utf8 = _read_lines(path, csv_newlines=True)
+    reader = csv.reader(lines)
+    records, start = [], 1  # (first line, last line, fields): a quoted field may span lines
     try:
-        with open(path, newline="") as handle:
-            rows = list(csv.reader(handle))
-    except OSError as err:
-        raise ManifestError(str(path), [f"cannot read: {err}"]) from None
-    if not rows or not rows[0] or rows[0][0].strip() != "filename":
+        for row in reader:
+            records.append((start, reader.line_num, row))
+            start = reader.line_num + 1
+    except csv.Error as err:
+        where = f"line {start}" if reader.line_num <= start else \
+            f"line {start} (the record runs on to line {reader.line_num}: an unclosed quote?)"
+        limit = f"; a field holds at most {csv.field_size_limit()} characters" if "field limit" in str(err) else ""
+        raise ManifestError(str(path), [f"{where}: {err}{limit}"], skippable=False) from None
+    if not records:
+        raise ManifestError(str(path), ["the file is empty: expected a header 'filename,<label>,...'"],
+                            skippable=False)
+    first, last, header = records[0]
+    header_bad = [not_utf8[n] for n in range(first, last + 1) if n in not_utf8]
+    if header_bad:
+        raise ManifestError(str(path), header_bad, skippable=False)
+    if not header or header[0].strip() != "filename":
         raise ManifestError(str(path), ["the header must start with 'filename' followed by one column per label"])
-    names = [n.strip() for n in rows[0][1:]]
+    names = [n.strip() for n in header[1:]]
     if not names or len(set(names)) != len(names):
         raise ManifestError(str(path), [f"label columns must be present and unique, got {names}"])
     paths, targets, problems, bad = [], [], [], set()
-    for line, row in enumerate(rows[1:], start=2):
+    for first, last, row in records[1:]:
         i = len(paths)
-        paths.append(str((images / row[0].strip()).resolve()) if row and row[0].strip() else f"<row {line}>")
+        paths.append(str((images / row[0].strip()).resolve()) if row and row[0].strip() else f"<row {first}>")
         values = [0] * len(names)
-        if len(row) != len(names) + 1:
-            problems.append(f"line {line}: {len(row)} fields, expected {len(names) + 1}")
+        targets.append(values)
+        encoding_problems = [not_utf8[n] for n in range(first, last + 1) if n in not_utf8]
+        if encoding_problems:
+            problems.extend(encoding_problems)
+            bad.add(i)
+        elif len(row) != len(names) + 1:
+            problems.append(f"line {first}: {len(row)} fields, expected {len(names) + 1}")
             bad.add(i)
         else:
             for c, cell in enumerate(row[1:]):
@@ -172,9 +252,8 @@ def load_csv_manifest(path: str | Path, images: str | Path | None = None, on_err
                 if cell in ("1", "0", "-1", ""):
                     values[c] = int(cell) if cell else -1
                 else:
-                    problems.append(f"line {line}: column '{names[c]}' holds {cell!r}, expected 1, 0, -1 or empty")
+                    problems.append(f"line {first}: column '{names[c]}' holds {cell!r}, expected 1, 0, -1 or empty")
                     bad.add(i)
-        targets.append(values)
     return _finish(str(path), paths, targets, names, problems, on_error, bad, check_files)
 
 
@@ -190,13 +269,15 @@ def load_jsonl_manifest(path: str | Path, labels: Sequence[str] | None = None, i
     path = Path(path)
     base = Path(images) if images is not None else path.parent
     records, problems = [], []
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as err:
-        raise ManifestError(str(path), [f"cannot read: {err}"]) from None
+    lines, not_utf8 = _read_lines(path)
     bad_lines = set()
     for line_no, line in enumerate(lines, start=1):
         if not line.strip():
+            continue
+        if line_no in not_utf8:
+            problems.append(not_utf8[line_no])
+            bad_lines.add(line_no)
+            records.append((line_no, {"path": f"<line {line_no}>", "labels": []}))
             continue
         try:
             record = json.loads(line)
@@ -241,11 +322,17 @@ def load_coco(root: str | Path, split: str = "train2014", annotated_only: bool =
     ann_file = root / "annotations" / f"instances_{split}.json"
     if not ann_file.is_file():
         raise ManifestError(str(ann_file), ["COCO annotation file not found"])
-    data = json.loads(ann_file.read_text())
-    categories = sorted(data["categories"], key=lambda c: c["id"])
-    column = {c["id"]: i for i, c in enumerate(categories)}
-    names = [c["name"] for c in categories]
-    images = sorted(data["images"], key=lambda im: im["id"])
+    try:
+        data = json.loads(_read_text(ann_file))
+        categories = sorted(data["categories"], key=lambda c: c["id"])
+        column = {c["id"]: i for i, c in enumerate(categories)}
+        names = [c["name"] for c in categories]
+        images = sorted(data["images"], key=lambda im: im["id"])
+    except json.JSONDecodeError as err:
+        raise ManifestError(str(ann_file), [f"not valid JSON: {err}"], skippable=False) from None
+    except (KeyError, TypeError) as err:
+        raise ManifestError(str(ann_file), [f"not a COCO instances file ('images' and 'categories' with "
+                                            f"'id' and 'name' expected): {err!r}"], skippable=False) from None
     row = {im["id"]: i for i, im in enumerate(images)}
     targets = np.zeros((len(images), len(names)), dtype=np.int8)
     problems = []
@@ -269,7 +356,7 @@ def load_voc2007(root: str | Path, split: str = "trainval", on_error: str = "rai
     ids_file = root / "ImageSets" / "Main" / f"{split}.txt"
     if not ids_file.is_file():
         raise ManifestError(str(ids_file), ["VOC image list not found"])
-    ids = [line.strip() for line in ids_file.read_text().splitlines() if line.strip()]
+    ids = [line.strip() for line in _read_text(ids_file).splitlines() if line.strip()]
     index = {n: c for c, n in enumerate(VOC_CLASSES)}
     paths, targets, problems, bad = [], [], [], set()
     for i, image_id in enumerate(ids):
@@ -315,8 +402,8 @@ def load_nuswide(root: str | Path, split: str = "train", on_error: str = "raise"
     missing = [str(p) for p in (list_file,) if not p.is_file()] + ([] if concepts_file else [str(root / "Concepts81.txt")])
     if missing:
         raise ManifestError(str(root), [f"NUS-WIDE file not found: {m}" for m in missing])
-    names = [line.strip() for line in concepts_file.read_text().splitlines() if line.strip()]
-    rel_paths = [line.strip().replace("\\", "/") for line in list_file.read_text().splitlines() if line.strip()]
+    names = [line.strip() for line in _read_text(concepts_file).splitlines() if line.strip()]
+    rel_paths = [line.strip().replace("\\", "/") for line in _read_text(list_file).splitlines() if line.strip()]
     targets = np.zeros((len(rel_paths), len(names)), dtype=np.int8)
     problems = []
     for c, name in enumerate(names):
@@ -324,7 +411,7 @@ def load_nuswide(root: str | Path, split: str = "train", on_error: str = "raise"
         if not label_file.is_file():
             problems.append(f"label file not found: {label_file}")
             continue
-        values = [line.strip() for line in label_file.read_text().splitlines() if line.strip()]
+        values = [line.strip() for line in _read_text(label_file).splitlines() if line.strip()]
         if len(values) != len(rel_paths):
             problems.append(f"{label_file}: {len(values)} lines for {len(rel_paths)} images")
             continue

@@ -149,6 +149,7 @@ def format_branch_report(rows: list[dict[str, Any]]) -> str:
 def score(prediction: Prediction, targets: np.ndarray, label_names: list[str], threshold: float = 0.5) -> dict[str, Any]:
     """Table 1 metrics of a prediction against the dataset's (N_all, C) targets."""
     if not len(prediction.indices):
-        raise InvalidInputError("no image could be decoded: nothing to score")
+        first = f"; the first: {prediction.failed[0][1]}: {prediction.failed[0][2]}" if prediction.failed else ""
+        raise InvalidInputError(f"no image could be decoded ({len(prediction.failed)} failed{first}): nothing to score")
     return multilabel_metrics(prediction.logits, targets[prediction.indices], threshold=threshold,
                               from_logits=True, class_names=label_names)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
 import time
@@ -31,7 +32,7 @@ from tqdm.auto import tqdm
 
 from ..config import RunConfig, save_yaml, to_dict
 from ..data.augment import Augment
-from ..data.datasets import absolute_spec, load_data_spec
+from ..data.datasets import MultiLabelSet, absolute_spec, load_data_spec
 from ..data.partial import drop_labels
 from ..data.transforms import Preprocess
 from ..errors import InvalidInputError, UserError
@@ -49,6 +50,10 @@ from .schedules import make_schedule
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the message says where and what to change."""
+
+
+class NothingToTrainOn(InvalidInputError):
+    """A data set holds no image, or an epoch could not decode a single batch of it."""
 
 
 # Fault injection for the resume tests: the process dies (no cleanup) after this many steps.
@@ -146,13 +151,17 @@ class Trainer:
         dcfg = self.config.data
         if not dcfg.train:
             raise InvalidInputError("data.train is empty: give a data spec (e.g. --data path/to/train)")
-        train_set = load_data_spec(dcfg.train, on_error=dcfg.on_error)
+        train_set = _nonempty(load_data_spec(dcfg.train, on_error=dcfg.on_error), dcfg.train, "--data (data.train)")
         self.label_names = list(train_set.label_names)
         self.partial_stats = None
         if dcfg.partial_ratio > 0:
             train_set, self.partial_stats = drop_labels(train_set, dcfg.partial_ratio, dcfg.partial_seed)
         self.train_set = train_set
-        self.val_set = load_data_spec(dcfg.val, label_names=self.label_names, on_error=dcfg.on_error) if dcfg.val else None
+        self.val_set = None
+        if dcfg.val:
+            # checked here, not after the first epoch: an empty or broken --val-data costs no training
+            self.val_set = _nonempty(load_data_spec(dcfg.val, label_names=self.label_names, on_error=dcfg.on_error),
+                                     dcfg.val, "--val-data (data.val)")
 
     def _build_model(self) -> None:
         cfg, tcfg = self.config, self.config.train
@@ -205,8 +214,8 @@ class Trainer:
             self.val_loader = (make_loader(self.val_set, self.preprocess, tcfg.batch_size, train=False, **common)
                                if self.val_set is not None else None)
         if len(self.train_loader) == 0:
-            raise InvalidInputError(f"the training set ({len(self.train_set)} images) is smaller than one batch of "
-                             f"{tcfg.batch_size} x {self.info.world_size} processes")
+            raise InvalidInputError(f"the training set {self.config.data.train} (--data, {len(self.train_set)} images) "
+                                    f"is smaller than one batch of {tcfg.batch_size} x {self.info.world_size} processes")
 
     def _build_token_caches(self, augment: Augment) -> None:
         from ..config import ConfigError
@@ -330,7 +339,7 @@ class Trainer:
         if not self.info.is_main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        with open(self.out / "log.jsonl", "a") as handle:
+        with open(self.out / "log.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
         if self.writer is not None and "step" in record:
             for key, value in record.items():
@@ -340,7 +349,8 @@ class Trainer:
     def _report_failed(self, failed: list[tuple[int, str, str]]) -> None:
         if not failed or not self.info.is_main:
             return
-        with open(self.out / "bad_images.txt", "a") as handle:
+        # surrogateescape: a file name that is not UTF-8 is written back as the bytes it has on disk
+        with open(self.out / "bad_images.txt", "a", encoding="utf-8", errors="surrogateescape") as handle:
             for _, path, reason in failed:
                 handle.write(f"{path}\t{reason}\n")
                 self.log({"event": "bad_image", "path": path, "reason": reason})
@@ -363,10 +373,13 @@ class Trainer:
         bar = tqdm(total=remaining, desc=f"epoch {self.epoch + 1}/{tcfg.epochs}", unit="step",
                    disable=not (self.progress and self.info.is_main), dynamic_ncols=True)
         losses, images_seen, start = [], 0, time.perf_counter()
+        failures, first_failure = 0, None
         for batch in self.train_loader:
             if self.step_in_epoch >= self.steps_per_epoch:
                 break
             self._report_failed(batch.failed)
+            failures += len(batch.failed)
+            first_failure = first_failure or (batch.failed[0] if batch.failed else None)
             if distributed.any_rank(len(batch) == 0, self.info):
                 continue  # a batch lost entirely to bad images on some rank: every rank skips it
             with self.amp.autocast():
@@ -403,6 +416,12 @@ class Trainer:
             if crash_after and self.global_step >= crash_after:
                 os._exit(17)  # simulated kill: no cleanup, no final checkpoint
         bar.close()
+        if remaining > 0 and not losses:
+            first = f"; the first: {first_failure[1]}: {first_failure[2]}" if first_failure else ""
+            raise NothingToTrainOn(
+                f"epoch {self.epoch + 1}: no training step ran: every batch of {self.config.data.train} "
+                f"(--data) lost all its images ({failures} could not be decoded on this process, listed in "
+                f"{self.out / 'bad_images.txt'}{first}); no checkpoint was selected from this epoch")
         seconds = time.perf_counter() - start
         return {"train_loss": float(np.mean(losses)) if losses else float("nan"), "epoch_seconds": seconds,
                 "train_images_per_s": images_seen / max(seconds, 1e-9), "steps": len(losses)}
@@ -414,6 +433,10 @@ class Trainer:
         prediction = predict(self.model, self.val_loader, autocast=self.amp.autocast, info=self.info,
                              progress=self.progress)
         self._report_failed(prediction.failed)
+        if not len(prediction.indices):
+            raise NothingToTrainOn(
+                f"no image of the validation set {self.config.data.val} (--val-data) could be decoded "
+                f"({len(prediction.failed)} failed, listed in {self.out / 'bad_images.txt'}): nothing to score")
         result = score(prediction, self.val_set.targets, self.label_names, self.config.train.threshold)
         result["images_per_s"] = prediction.images_per_second
         if self.ema:
@@ -477,9 +500,24 @@ class Trainer:
         candidates = [("model", result["mAP"], self.model)]
         if self.ema:
             candidates.append(("ema", result["ema"]["mAP"], self.ema.module))
+        # a NaN mAP (no label with a positive, no image scored) compares false both ways: it must
+        # neither win max() nor be kept as the best
+        candidates = [c for c in candidates if math.isfinite(c[1])]
+        if not candidates:
+            self.log({"event": "warning", "epoch": self.epoch,
+                      "message": f"validation mAP is {result['mAP']}: {self.out / 'best.pt'} not updated"})
+            return
         name, value, module = max(candidates, key=lambda c: c[1])
         if value > self.best_map:
             self.best_map = value
             if self.info.is_main:
                 save_checkpoint(self.out / "best.pt", module, label_names=self.label_names,
                                 extra={**self._provenance(), "epoch": self.epoch, "weights": name, "val_mAP": value})
+
+
+def _nonempty(data: MultiLabelSet, spec: str, flag: str) -> MultiLabelSet:
+    """``data`` if it holds an image, else an error naming the spec, the flag and what was skipped."""
+    if len(data):
+        return data
+    skipped = f" ({len(data.skipped)} rows skipped: {data.skipped[0]} ...)" if data.skipped else ""
+    raise NothingToTrainOn(f"{flag} {spec}: the data set holds no image{skipped}")
