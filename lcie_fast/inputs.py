@@ -8,11 +8,14 @@ millions is an error record, not the end of the run.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import glob
+import logging
 import os
+import stat
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,10 @@ import numpy as np
 import torch
 
 from .data.datasets import IMAGE_EXTENSIONS, manifest_paths
-from .data.transforms import ImageDecodeError, Preprocess, to_rgb8
+from .data.transforms import Preprocess, to_rgb8
+from .errors import InputNotFoundError, InvalidInputError, UserError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -39,17 +45,68 @@ class InputItem:
                 yield cls(index, source, str(source) if isinstance(source, (str, os.PathLike)) else None)
 
 
+class ListedPath(str):
+    """A path read from a list (``@list.txt`` or stdin) that remembers where: ``origin`` is
+    ``"<list> line <n>"``, added to any error about it."""
+
+    origin: str
+
+    def __new__(cls, text: str, origin: str) -> ListedPath:
+        path = super().__new__(cls, text)
+        path.origin = origin
+        return path
+
+
+SkipHandler = Callable[[str, str], None]
+
+
 def is_pil_image(obj: Any) -> bool:
     return type(obj).__module__.startswith("PIL.")
 
 
-def expand_inputs(inputs: Any, *, extensions: Sequence[str] = IMAGE_EXTENSIONS, recursive: bool = True) -> Iterator[Any]:
+def image_array(image: Any, name: str) -> np.ndarray | torch.Tensor:
+    """The one check of an in-memory image: ``image`` as an (H, W, 3) uint8 array or CPU/GPU tensor.
+
+    Accepts NumPy or torch, (H, W, 3) or a tensor (3, H, W). Floats are refused rather than
+    guessed at: [0, 1] and [0, 255] floats look alike, and a cast would tag a black image.
+
+    Raises:
+        InvalidInputError: not uint8, not three colour channels, or empty; names ``name``.
+    """
+    array = image if isinstance(image, torch.Tensor) else np.asarray(image)
+    dtype_ok = array.dtype in (np.uint8, torch.uint8)
+    shape = tuple(array.shape)
+    shape_ok = len(shape) == 3 and 3 in (shape[0], shape[-1]) and min(shape) > 0
+    if not (dtype_ok and shape_ok):
+        hint = " (for floats in [0, 1], multiply by 255 and convert to uint8)" if not dtype_ok and (
+            array.dtype.is_floating_point if isinstance(array, torch.Tensor) else np.issubdtype(array.dtype, np.floating)
+        ) else ""
+        raise InvalidInputError(f"{name}: in-memory image must be uint8 (H, W, 3) or (3, H, W), got "
+                                f"{shape} {array.dtype}{hint}")
+    if isinstance(array, torch.Tensor) and shape[0] == 3 and shape[-1] != 3:
+        array = array.permute(1, 2, 0)  # (3, H, W) -> (H, W, 3)
+    return array
+
+
+def expand_inputs(inputs: Any, *, extensions: Sequence[str] = IMAGE_EXTENSIONS, recursive: bool = True,
+                  on_skip: SkipHandler | None = None) -> Iterator[Any]:
     """Flatten the accepted input kinds into a stream of paths and in-memory images.
 
     Accepted: a path or a list of them; ``-`` (paths on stdin, one per line); ``@list.txt`` (a
     file of paths); a directory (image files by extension, recursive, sorted); a glob; a CSV or
     JSONL manifest (its image paths); PIL images; NumPy (H, W, 3) uint8 arrays; torch uint8
     tensors (3, H, W) or (H, W, 3); and (N, H, W, 3) arrays or tensors (N images).
+
+    Lines of lists and stdin are read as bytes and decoded as file names are (undecodable bytes
+    kept, PEP 383); a path from a list is a :class:`ListedPath`, so errors name the list and line.
+    A folder or glob scan leaves out what it cannot tag (dangling symlinks, FIFOs and other
+    special files, unreadable folders, symlinks to folders, files of other types): each is
+    logged (logger ``lcie_fast.inputs``, INFO) and passed to ``on_skip(path, reason)``, and a
+    count per scan is written to stderr.
+
+    Raises:
+        InputNotFoundError: an ``@list`` that does not exist.
+        InvalidInputError: an ``@list`` that cannot be read.
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -62,44 +119,132 @@ def expand_inputs(inputs: Any, *, extensions: Sequence[str] = IMAGE_EXTENSIONS, 
         if not isinstance(item, (str, os.PathLike)):
             yield item
             continue
-        text = str(item)
+        text = os.fspath(item)
+        text = os.fsdecode(text) if isinstance(text, bytes) else text
         if text == "-":
-            yield from _lines(sys.stdin)
+            yield from _listed(getattr(sys.stdin, "buffer", sys.stdin), "<stdin>")
         elif text.startswith("@"):
-            with open(text[1:]) as handle:
-                yield from _lines(handle)
-        elif Path(text).is_dir():
-            pattern = "**/*" if recursive else "*"
-            yield from sorted(str(p) for p in Path(text).glob(pattern) if p.is_file() and p.suffix.lower() in exts)
+            yield from _read_list(text[1:])
+        elif stat.S_ISDIR(_mode(text)):
+            yield from _scan(text, _walk(text, recursive), exts, on_skip)
         elif any(ch in text for ch in "*?["):
-            yield from sorted(p for p in glob.glob(text, recursive=True) if Path(p).is_file())
-        elif Path(text).suffix.lower() in (".csv", ".jsonl") and Path(text).is_file():
+            yield from _scan(text, glob.glob(text, recursive=True), None, on_skip)
+        elif Path(text).suffix.lower() in (".csv", ".jsonl") and stat.S_ISREG(_mode(text)):
             yield from manifest_paths(text)
         else:
-            yield text  # a file (a missing one becomes an error record)
+            yield text  # a file (a missing or unreadable one becomes an error record)
 
 
-def _lines(handle: Iterable[str]) -> Iterator[str]:
-    for line in handle:
-        if line.strip():
-            yield line.strip()
+def _mode(path: str) -> int:
+    """``st_mode`` of ``path`` (symlinks followed), 0 where it cannot be had: missing, a dangling
+    link, a name too long, an embedded NUL. Such a path becomes an error record, not a traceback."""
+    try:
+        return os.stat(path).st_mode
+    except (OSError, ValueError):
+        return 0
+
+
+def _read_list(path: str) -> Iterator[ListedPath]:
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed below, after the generator is done
+    except FileNotFoundError:
+        raise InputNotFoundError(f"@{path}: input list not found") from None
+    except (OSError, ValueError) as err:
+        raise InvalidInputError(f"@{path}: cannot read the input list: {getattr(err, 'strerror', None) or err}") from None
+    with handle:
+        try:
+            yield from _listed(handle, path)
+        except OSError as err:
+            raise InvalidInputError(f"@{path}: cannot read the input list: {err.strerror or err}") from None
+
+
+def _listed(handle: Iterable[bytes | str], origin: str) -> Iterator[ListedPath]:
+    """The non-blank lines of a list, stripped, each with its list and line number."""
+    for number, line in enumerate(handle, start=1):
+        text = (os.fsdecode(line) if isinstance(line, bytes) else line).strip()
+        if text:
+            yield ListedPath(text, f"{origin} line {number}")
+
+
+def _walk(root: str, recursive: bool) -> Iterator[tuple[str, str | None]]:
+    """(path, None) for each regular file under ``root``, (path, reason) for what cannot be tagged.
+    Symlinks to folders are not followed (loops)."""
+    folders = [root]
+    while folders:
+        folder = folders.pop()
+        try:
+            with os.scandir(folder) as scan:
+                entries = list(scan)
+        except OSError as err:
+            yield folder, f"unreadable folder ({err.strerror or err})"
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if recursive:
+                        folders.append(entry.path)
+                elif entry.is_file():
+                    yield entry.path, None
+                elif recursive or not entry.is_dir():
+                    yield entry.path, _not_a_file(entry.path)
+            except OSError as err:
+                yield entry.path, f"cannot be read ({err.strerror or err})"
+
+
+def _not_a_file(path: str) -> str:
+    """Why ``path``, not a regular file, is left out of a scan."""
+    mode = _mode(path)
+    if not mode:
+        return "dangling symlink" if os.path.islink(path) else "cannot be read"
+    if stat.S_ISDIR(mode):
+        return "symlink to a folder (not followed)"
+    kinds = [(stat.S_ISFIFO, "named pipe (FIFO)"), (stat.S_ISCHR, "character device"),
+             (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket")]
+    return next((f"not a regular file: {text}" for test, text in kinds if test(mode)), "not a regular file")
+
+
+def _scan(root: str, found: Iterable[str | tuple[str, str | None]], exts: set[str] | None,
+          on_skip: SkipHandler | None) -> list[str]:
+    """The sorted image files of a folder walk or glob; what is left out is logged, passed to
+    ``on_skip`` and counted on stderr. ``exts`` None: any regular file (a glob names its own)."""
+    kept, skipped = [], collections.Counter()
+    for entry in found:
+        path, reason = entry if isinstance(entry, tuple) else (entry, None if os.path.isfile(entry) else "")
+        if reason == "":
+            if stat.S_ISDIR(_mode(path)):
+                continue  # a glob that also matches folders
+            reason = _not_a_file(path)
+        if reason is None and exts is not None and Path(path).suffix.lower() not in exts:
+            reason = f"not an accepted image type ({Path(path).suffix.lower() or 'no extension'})"
+        if reason is None:
+            kept.append(path)
+            continue
+        kind = reason.split(" (")[0]
+        skipped[kind] += 1
+        logger.info("skipped %s: %s", path, reason)
+        if on_skip is not None:
+            on_skip(path, reason)
+    if skipped:
+        kinds = ", ".join(f"{count} {kind}" for kind, count in skipped.most_common())
+        total = sum(skipped.values())
+        print(f"lcie-fast: skipped {total} {'entry' if total == 1 else 'entries'} under {root}: {kinds} "
+              f"(each path logged by the lcie_fast.inputs logger at INFO level)", file=sys.stderr)
+    return sorted(kept)
 
 
 def decode_input(item: InputItem, preprocess: Preprocess) -> tuple[torch.Tensor | None, str | None]:
     """(3, S, S) uint8 and None, or None and why the input cannot be tagged; never raises for bad input."""
+    source = item.source
+    name = item.path or f"input {item.index}"
     try:
-        source = item.source
         if isinstance(source, str):
             return preprocess.load(source), None
         if is_pil_image(source):
-            return preprocess.from_array(to_rgb8(source, "<PIL image>")), None
-        array = source.detach().cpu() if isinstance(source, torch.Tensor) else np.asarray(source)
-        if array.dtype not in (np.uint8, torch.uint8) or array.ndim != 3 or 3 not in (array.shape[0], array.shape[-1]):
-            return None, f"in-memory image must be uint8 (H, W, 3) or (3, H, W), got {tuple(array.shape)} {array.dtype}"
-        if isinstance(array, torch.Tensor) and array.shape[0] == 3 and array.shape[-1] != 3:
-            array = array.permute(1, 2, 0)
-        return preprocess.from_array(array), None
-    except ImageDecodeError as err:
-        return None, str(err)
+            return preprocess.from_array(to_rgb8(source, name)), None
+        return preprocess.from_array(image_array(source, name)), None
+    except UserError as err:
+        error = str(err)
     except Exception as err:  # noqa: BLE001 - one bad input must never stop a run of millions
-        return None, f"{item.path or f'input {item.index}'}: {type(err).__name__}: {err}"
+        error = f"{name}: {type(err).__name__}: {err}"
+    origin = getattr(source, "origin", None)
+    return None, f"{error} ({origin})" if origin else error

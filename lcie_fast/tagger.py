@@ -21,6 +21,7 @@ import dataclasses
 import itertools
 import json
 import os
+import stat
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -31,9 +32,9 @@ import numpy as np
 import torch
 
 from .data.datasets import IMAGE_EXTENSIONS
-from .data.transforms import DEFAULT_MAX_PIXELS, Preprocess
-from .errors import InvalidInputError
-from .inputs import InputItem, decode_input, expand_inputs
+from .data.transforms import DEFAULT_MAX_BYTES, DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_PIXELS, Preprocess, check_limit
+from .errors import InputNotFoundError, InvalidInputError
+from .inputs import InputItem, decode_input, expand_inputs, image_array
 from .metadata import ModelMetadata
 from .metrics import sigmoid
 from .outputs import TagRecord
@@ -62,6 +63,35 @@ class DecodedBatch:
     normalized: bool = False
 
 
+def _check_thresholds(values: Sequence[Any], source: str, names: Sequence[str] | None = None) -> None:
+    """Every value a real number in [0, 1], else :class:`InvalidInputError` naming ``source`` and the label."""
+    for position, value in enumerate(values):
+        number = value if isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_)) else None
+        if number is None or not 0.0 <= float(number) <= 1.0:  # NaN fails the comparison too
+            subject = f"{source}: threshold" + (f" for {names[position]!r}" if names else "")
+            raise InvalidInputError(f"{subject} must be a number in [0, 1], got {value!r}")
+
+
+def _check_call(threshold: float | None, top_k: int | None, **counts: int | None) -> None:
+    """The arguments of a tagging call, before anything runs: ``threshold`` in [0, 1], ``top_k``
+    and ``counts`` whole numbers >= 1 (``skip`` >= 0); None means the default."""
+    if threshold is not None:
+        _check_thresholds([threshold], "threshold")
+    for name, value in {"top_k": top_k, **counts}.items():
+        least = 0 if name == "skip" else 1
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least):
+            raise InvalidInputError(f"{name} must be a whole number >= {least}, got {value!r}")
+
+
+def _plain_file(path: str, max_bytes: int) -> bool:
+    """Whether ``path`` is a regular file of at most ``max_bytes`` (symlinks followed)."""
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        return True  # missing: DALI's reader reports it
+    return stat.S_ISREG(info.st_mode) and info.st_size <= max_bytes
+
+
 # ----------------------------------------------------------------------------- tagger
 class Tagger:
     """A model ready to tag images. Build with :meth:`load`.
@@ -70,54 +100,96 @@ class Tagger:
         backend: The inference backend (``tagger.backend.label`` says which).
         meta: The model's metadata (labels, preprocessing).
         thresholds: Per-label score thresholds (a global one, or fitted per label).
-        stats: Inputs, errors and seconds spent decoding and in the model so far (updated
-            under a lock: decoder threads add to it).
+        stats: Inputs, errors, entries folder and glob scans left out (``skipped``) and seconds
+            spent decoding and in the model so far (updated under a lock: decoder threads add to it).
+
+    Args:
+        backend: The inference backend.
+        thresholds: One score threshold or one per label, each in [0, 1].
+        max_pixels, max_bytes, max_decode_bytes: Limits of one input (see
+            :class:`~lcie_fast.data.transforms.Preprocess`); memory at worst is about
+            ``max_decode_bytes`` times the decoder threads.
+
+    Raises:
+        InvalidInputError: a threshold or limit out of range.
     """
 
-    def __init__(self, backend: Backend, thresholds: np.ndarray | float = 0.5, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(self, backend: Backend, thresholds: np.ndarray | float = 0.5, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 max_bytes: int = DEFAULT_MAX_BYTES, max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES) -> None:
         self.backend = backend
         self.meta: ModelMetadata = backend.meta
         self.labels = list(self.meta.label_names)
-        self.preprocess = Preprocess(self.meta.preprocess, max_pixels=max_pixels)
-        self.thresholds = np.broadcast_to(np.asarray(thresholds, dtype=np.float32), (len(self.labels),)).copy()
+        self.preprocess = Preprocess(self.meta.preprocess, max_pixels=max_pixels, max_bytes=max_bytes,
+                                     max_decode_bytes=max_decode_bytes)
+        values = np.asarray(thresholds, dtype=np.float64)
+        _check_thresholds(values.ravel(), "thresholds")
+        self.thresholds = np.broadcast_to(values.astype(np.float32), (len(self.labels),)).copy()
         self.torch_device = torch.device(backend.device if backend.device.startswith("cuda") else "cpu")
-        self.stats = {"images": 0, "errors": 0, "decode_s": 0.0, "model_s": 0.0}
+        self.stats = {"images": 0, "errors": 0, "skipped": 0, "decode_s": 0.0, "model_s": 0.0}
         self._stats_lock = threading.Lock()
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def load(cls, path: str | Path, backend: str = "auto", device: str | None = None, *, precision: str | None = None,
              thresholds: float | str | Path | dict[str, float] | None = None, fast_ops: str = "auto",
-             max_pixels: int = DEFAULT_MAX_PIXELS) -> Tagger:
+             max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES,
+             max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES, allow_host_code: bool = False) -> Tagger:
         """Load a checkpoint, ONNX graph or engine bundle with the best (or the named) backend.
 
         Args:
             path: ``.pt`` checkpoint, ``.onnx`` graph exported by lcie-fast, or ``.engine`` bundle.
-            backend, device, precision, fast_ops: as :func:`lcie_fast.runtime.open_backend`.
+            backend, device, precision, fast_ops, allow_host_code: as :func:`lcie_fast.runtime.open_backend`.
             thresholds: One score threshold, a JSON file from ``lcie-fast eval --fit-thresholds``,
                 or a {label: threshold} mapping (default 0.5).
             max_pixels: Images with more pixels are refused (decompression bombs).
+            max_bytes: Files larger than this are refused before they are read.
+            max_decode_bytes: Images whose decoding needs more memory (from the header) are
+                refused; JPEGs are decoded at a reduced scale instead where that fits.
 
         Raises:
             BackendError: the named backend cannot run here (with the reason), or no backend fits.
+            InvalidInputError: a limit out of range.
         """
-        instance = open_backend(path, backend, device, precision=precision, fast_ops=fast_ops)
-        tagger = cls(instance, max_pixels=max_pixels)
+        for name, value in (("max_pixels", max_pixels), ("max_bytes", max_bytes), ("max_decode_bytes", max_decode_bytes)):
+            check_limit(name, value)  # before the model loads
+        instance = open_backend(path, backend, device, precision=precision, fast_ops=fast_ops,
+                                allow_host_code=allow_host_code)
+        tagger = cls(instance, max_pixels=max_pixels, max_bytes=max_bytes, max_decode_bytes=max_decode_bytes)
         if thresholds is not None:
             tagger.set_thresholds(thresholds)
         return tagger
 
     def set_thresholds(self, thresholds: float | str | Path | dict[str, float]) -> None:
-        """One threshold for every label, a {label: threshold} mapping, or a fitted-thresholds JSON file."""
-        if isinstance(thresholds, (int, float)):
+        """One threshold for every label, a {label: threshold} mapping, or a fitted-thresholds JSON file
+        (``{"thresholds": {label: threshold}}`` or the mapping itself). Nothing changes unless all are valid.
+
+        Raises:
+            InputNotFoundError: the file does not exist.
+            InvalidInputError: not JSON, not a mapping, an unknown label, or a value that is not a
+                number in [0, 1]; names the file.
+        """
+        source = "thresholds"
+        if isinstance(thresholds, (str, Path)):
+            source = str(thresholds)
+            try:
+                data = json.loads(Path(thresholds).read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                raise InputNotFoundError(f"{source}: thresholds file not found") from None
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise InvalidInputError(f"{source}: not a readable thresholds JSON file: {err}") from None
+            thresholds = data.get("thresholds", data) if isinstance(data, dict) else data
+            if not isinstance(thresholds, dict):
+                raise InvalidInputError(f"{source}: expected a JSON object {{label: threshold}} (or one under "
+                                        f"\"thresholds\"), got {type(thresholds).__name__}")
+        elif not isinstance(thresholds, dict):
+            _check_thresholds([thresholds], source)
             self.thresholds[:] = float(thresholds)
             return
-        if isinstance(thresholds, (str, Path)):
-            data = json.loads(Path(thresholds).read_text())
-            thresholds = data.get("thresholds", data)
         unknown = sorted(set(thresholds) - set(self.labels))
         if unknown:
-            raise InvalidInputError(f"thresholds name labels the model does not have: {unknown} (labels: {self.labels})")
+            raise InvalidInputError(f"{source}: thresholds name labels the model does not have: {unknown} "
+                                    f"(labels: {self.labels})")
+        _check_thresholds(list(thresholds.values()), source, names=list(thresholds))
         for name, value in thresholds.items():
             self.thresholds[self.labels.index(name)] = float(value)
 
@@ -163,30 +235,43 @@ class Tagger:
             recursive: bool = True) -> Iterator[TagRecord]:
         """Tag ``inputs`` (see :func:`~lcie_fast.inputs.expand_inputs`); one record per input, in input order.
 
+        Arguments are checked here, when ``tag`` is called, before any input is read; the records
+        come as the returned iterator is consumed. Entries a folder or glob scan leaves out are
+        counted in ``stats["skipped"]`` (and reported on stderr and in the log).
+
         Args:
-            batch_size: Images per backend call.
-            threshold: One threshold for this call (default: the tagger's thresholds).
-            top_k: Keep at most this many labels per image.
-            workers: Decoder threads (default: CPU count).
+            batch_size: Images per backend call (>= 1).
+            threshold: One threshold for this call, in [0, 1] (default: the tagger's thresholds).
+            top_k: Keep at most this many labels per image (>= 1).
+            workers: Decoder threads (>= 1; default: CPU count).
             all_scores: Also put every label's score in each record.
             skip: Leave out the first ``skip`` inputs (resuming an output).
             progress: Show a tqdm bar.
             decoder: ``threads`` (PIL in a thread pool), ``dali`` (DALI: nvJPEG on a GPU, its CPU
                 decoder otherwise) or ``auto`` (DALI for a GPU backend when installed).
-        """
-        from tqdm.auto import tqdm
 
+        Raises:
+            InvalidInputError: an argument out of range, named.
+        """
+        _check_call(threshold, top_k, batch_size=batch_size, workers=workers, skip=skip)
         if decoder not in ("auto", "threads", "dali"):
             raise InvalidInputError(f"decoder must be auto, threads or dali, got {decoder!r}")
         if decoder == "auto":
             from .data.dali import dali_unavailable_reason
 
             decoder = "dali" if self.torch_device.type == "cuda" and not dali_unavailable_reason() else "threads"
-        stream = InputItem.numbered(expand_inputs(inputs, extensions=extensions, recursive=recursive), start=skip)
+        stream = InputItem.numbered(expand_inputs(inputs, extensions=extensions, recursive=recursive,
+                                                  on_skip=lambda path, reason: self._count(skipped=1)), start=skip)
         workers = workers or max(os.cpu_count() or 1, 1)
         if self.backend.max_batch:
             batch_size = min(batch_size, self.backend.max_batch)
         batches = (self._dali_batches if decoder == "dali" else self._thread_batches)(stream, batch_size, workers)
+        return self._tagged(batches, threshold, top_k, all_scores, progress, skip)
+
+    def _tagged(self, batches: Iterator[DecodedBatch], threshold: float | None, top_k: int | None,
+                all_scores: bool, progress: bool, skip: int) -> Iterator[TagRecord]:
+        from tqdm.auto import tqdm
+
         bar = tqdm(desc="tag", unit="img", disable=not progress, dynamic_ncols=True, initial=skip)
         try:
             for batch in batches:
@@ -238,7 +323,10 @@ class Tagger:
             items = list(itertools.islice(stream, chunk))
             if not items:
                 return
-            if not all(isinstance(item.source, str) for item in items):
+            if not all(isinstance(item.source, str) and _plain_file(item.source, self.preprocess.max_bytes)
+                       for item in items):
+                # in-memory images, or files DALI must not read (special, oversized): the threads
+                # decoder makes their error records
                 yield from self._thread_batches(iter(items), batch_size, workers)
                 continue
             loader = DaliLoader([item.source for item in items], self.preprocess, batch_size, train=False,
@@ -254,12 +342,24 @@ class Tagger:
     def tag_frames(self, frames: Any, *, threshold: float | None = None, top_k: int | None = None,
                    all_scores: bool = False) -> list[TagRecord]:
         """Tag a batch of frames you decoded yourself: (N, H, W, 3) uint8, NumPy or a torch tensor
-        (a CUDA tensor is resized on the GPU), or a list of (H, W, 3) frames. RGB order."""
-        if isinstance(frames, torch.Tensor) and frames.dim() == 4 and frames.shape[-1] == 3:
+        (a CUDA tensor is resized on the GPU), or a list of (H, W, 3) frames. RGB order.
+
+        Raises:
+            InvalidInputError: a frame that is not uint8 (H, W, 3) (the check :meth:`tag` makes of
+                in-memory images, there an error record), or a single frame instead of a batch.
+        """
+        if isinstance(frames, (np.ndarray, torch.Tensor)) and frames.ndim != 4:
+            raise InvalidInputError(f"frames must be a batch (N, H, W, 3), got {tuple(frames.shape)}; "
+                                    "for one frame pass frames[None]")
+        _check_call(threshold, top_k)
+        checked = [image_array(frame, f"frame {i}") for i, frame in enumerate(frames)]
+        if not checked:
+            return []
+        if isinstance(frames, torch.Tensor) and frames.shape[-1] == 3:
             images = self._resize_frames(frames)
         else:
-            images = torch.stack([self.preprocess.from_array(np.asarray(f) if not isinstance(f, torch.Tensor) else f.cpu())
-                                  for f in frames])
+            images = torch.stack([self.preprocess.from_array(f.cpu() if isinstance(f, torch.Tensor) else f)
+                                  for f in checked])
         batch = DecodedBatch([InputItem(i, None, None) for i in range(len(images))], images, list(range(len(images))), {})
         return self._records(batch, threshold, top_k, all_scores)
 

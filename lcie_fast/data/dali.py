@@ -34,7 +34,7 @@ from ..errors import InvalidInputError
 from .augment import Augment, sample_seed
 from .datasets import MultiLabelSet
 from .loader import Batch, EpochSampler
-from .transforms import ImageDecodeError, Preprocess, decode_image, image_header_size
+from .transforms import ImageDecodeError, Preprocess, image_header_size, read_image_bytes
 
 
 def dali_unavailable_reason() -> str:
@@ -148,8 +148,11 @@ class DaliLoader:
         items, failed, windows = [], [], []
         for index, flip in requests:
             path = self.paths[index]
-            try:
-                encoded = np.fromfile(path, dtype=np.uint8)
+            try:  # regular files only, at most max_bytes: a FIFO or a link to /dev/zero fails here
+                encoded = np.frombuffer(read_image_bytes(path, self.preprocess.max_bytes), np.uint8)
+            except ImageDecodeError as err:
+                failed.append((index, path, str(err)))
+                continue
             except OSError as err:
                 failed.append((index, path, f"{path}: cannot read: {err.strerror or err}"))
                 continue
@@ -181,7 +184,7 @@ class DaliLoader:
         kept, windows = [], []
         for i, (index, flip, encoded) in enumerate(batch["items"]):
             try:
-                decode_image(encoded.tobytes(), self.preprocess.max_pixels)
+                self.preprocess.decode(encoded.tobytes())
                 kept.append((index, flip, encoded))
                 windows.extend(batch["windows"][i:i + 1])
             except ImageDecodeError as err:

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .augment import Augment, sample_seed
 from .datasets import MultiLabelSet
-from .transforms import ImageDecodeError, Preprocess, decode_image, flip_decision, resize_image
+from .transforms import ImageDecodeError, Preprocess, flip_decision, resize_image
 
 
 @dataclasses.dataclass
@@ -137,7 +137,7 @@ class ImageDataset(Dataset):
     def augmented(self, source: str | bytes, flip: bool, seed: int) -> torch.Tensor:
         """Decode, crop, resize, flip and apply the policy -> (3, S, S) uint8."""
         config = self.preprocess.config
-        decoded = decode_image(source, self.preprocess.max_pixels)
+        decoded = self.preprocess.decode(source)  # the byte, pixel and memory limits of every decode
         cropped = self.augment.crop(decoded, self.augment.crop_window(seed))
         image = resize_image(cropped, config.input_size, config.interpolation)  # (3, S, S) uint8
         if flip:
