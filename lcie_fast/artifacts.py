@@ -40,6 +40,10 @@ class EngineError(UserError, RuntimeError):
     """An engine that cannot be built, or a bundle that must not be loaded here, with the reason."""
 
 
+class GraphError(UserError, ValueError):
+    """An ONNX file that is damaged, or whose inputs and outputs contradict its own metadata."""
+
+
 def artifact_kind(path: str | Path) -> ArtifactKind:
     """``engine`` for ``.engine`` bundles, ``onnx`` for ``.onnx`` graphs, ``checkpoint`` otherwise."""
     suffix = Path(path).suffix.lower()
@@ -77,28 +81,99 @@ def write_onnx_metadata(model_proto: Any, meta: ModelMetadata) -> None:
     entry.key, entry.value = METADATA_KEY, json.dumps(data)
 
 
+def load_onnx(path: str | Path) -> Any:
+    """The ModelProto of ``path`` (external data not loaded), or a :class:`GraphError` naming it."""
+    onnx = require("onnx", "reading ONNX graphs")
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except FileNotFoundError:
+        raise GraphError(f"ONNX file not found: {path}") from None
+    except Exception as err:  # noqa: BLE001 - protobuf raises several kinds on damaged bytes
+        raise GraphError(f"{path} is not a valid ONNX file ({type(err).__name__}: {err})") from None
+
+
 def read_onnx_metadata(path_or_proto: Any) -> ModelMetadata:
     """The ModelMetadata embedded in an ONNX file (or ModelProto) by ``lcie-fast export``.
 
     Raises:
-        MetadataError: the graph carries no lcie_fast metadata.
+        GraphError: the file is not an ONNX file.
+        MetadataError: the graph carries no (or malformed) lcie_fast metadata.
     """
-    onnx = require("onnx", "reading ONNX metadata")
     proto = path_or_proto
+    where = path_or_proto if isinstance(path_or_proto, (str, Path)) else "graph"
     if not hasattr(proto, "metadata_props"):
-        proto = onnx.load(str(path_or_proto), load_external_data=False)
+        proto = load_onnx(path_or_proto)
     for prop in proto.metadata_props:
         if prop.key == METADATA_KEY:
-            return ModelMetadata.from_dict(json.loads(prop.value))
-    raise MetadataError(f"{path_or_proto if isinstance(path_or_proto, (str, Path)) else 'graph'} carries no "
-                        f"'{METADATA_KEY}' metadata: it was not exported by lcie-fast")
+            try:
+                return ModelMetadata.from_dict(json.loads(prop.value))
+            except (MetadataError, json.JSONDecodeError) as err:
+                raise MetadataError(f"{where}: '{METADATA_KEY}' metadata: {err}") from None
+    raise MetadataError(f"{where} carries no '{METADATA_KEY}' metadata: it was not exported by lcie-fast")
 
 
 def graph_has_qdq(path: str | Path) -> bool:
     """True when the graph holds QuantizeLinear/DequantizeLinear nodes (an INT8 graph)."""
-    onnx = require("onnx", "inspecting ONNX graphs")
-    proto = onnx.load(str(path), load_external_data=False)
+    proto = load_onnx(path)
     return any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in proto.graph.node)
+
+
+Dim = int | str | None  # a graph dimension: fixed size, symbolic name or unknown
+
+
+def onnx_io_problems(meta: ModelMetadata, input_shape: list[Dim] | None, output_shape: list[Dim] | None) -> list[str]:
+    """Where a graph's I/O shapes contradict its metadata (empty when they agree).
+
+    The input must be (batch, 3, S, S) with S the metadata's ``preprocess.input_size`` and the
+    output (batch, C) with C its number of labels; a symbolic or unknown dimension agrees
+    with anything (it is checked on the first result instead).
+    """
+    problems = []
+    size = meta.preprocess.input_size
+    if input_shape is None:
+        problems.append(f"the graph has no input '{INPUT_NAME}'")
+    elif len(input_shape) != 4:
+        problems.append(f"input '{INPUT_NAME}' has rank {len(input_shape)}, expected 4 (batch, 3, {size}, {size})")
+    else:
+        fixed = [(axis, dim, want) for axis, (dim, want) in enumerate(zip(input_shape[1:], (3, size, size)), 1)
+                 if isinstance(dim, int) and dim > 0 and dim != want]
+        if fixed:
+            problems.append(f"input '{INPUT_NAME}' is {_shape_text(input_shape)} but the metadata's "
+                            f"preprocess.input_size is {size} (expected (batch, 3, {size}, {size}))")
+    if output_shape is None:
+        problems.append(f"the graph has no output '{OUTPUT_NAME}'")
+    elif len(output_shape) != 2:
+        problems.append(f"output '{OUTPUT_NAME}' has rank {len(output_shape)}, expected 2 (batch, {meta.num_classes})")
+    elif isinstance(output_shape[1], int) and output_shape[1] > 0 and output_shape[1] != meta.num_classes:
+        problems.append(output_width_problem(output_shape[1], meta))
+    return problems
+
+
+def output_width_problem(width: int, meta: ModelMetadata) -> str:
+    """The message for logits of ``width`` columns from a model with other labels."""
+    return f"output '{OUTPUT_NAME}' has {width} columns but the metadata names {meta.num_classes} labels"
+
+
+def _shape_text(shape: list[Dim]) -> str:
+    return "(" + ", ".join(str(dim) if dim not in (None, "") else "?" for dim in shape) + ")"
+
+
+def check_onnx_graph(path: str | Path, meta: ModelMetadata | None = None) -> ModelMetadata:
+    """The metadata of an lcie-fast graph whose I/O shapes agree with it; :class:`GraphError` otherwise."""
+    proto = load_onnx(path)
+    meta = meta or read_onnx_metadata(proto)
+
+    def shape(values: Any, name: str) -> list[Dim] | None:
+        for value in values:
+            if value.name == name:
+                dims = value.type.tensor_type.shape.dim
+                return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
+        return None
+
+    problems = onnx_io_problems(meta, shape(proto.graph.input, INPUT_NAME), shape(proto.graph.output, OUTPUT_NAME))
+    if problems:
+        raise GraphError(f"{path}: " + "; ".join(problems))
+    return meta
 
 
 # --------------------------------------------------------------------------- engine bundles
@@ -134,37 +209,125 @@ def engine_sidecar(meta: ModelMetadata, *, trt_version: str, gpu: dict[str, str]
 
 
 def read_sidecar(engine_path: str | Path) -> dict[str, Any]:
-    """The JSON sidecar beside an engine file, or a clear error."""
+    """The JSON sidecar beside an engine file (a JSON object), or a clear error."""
     path = sidecar_path(engine_path)
     if not path.is_file():
         raise EngineError(f"{engine_path}: no sidecar {path.name}; bundles are built by lcie-fast build-engine")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        sidecar = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise EngineError(f"{path}: not valid JSON: {err}") from None
+    if not isinstance(sidecar, dict):
+        raise EngineError(f"{path}: not a JSON object (got a {type(sidecar).__name__}); not an lcie_fast engine sidecar")
+    return sidecar
+
+
+_MISSING = object()
+_JSON_NAMES = {dict: "an object", str: "a string", list: "an array", int: "an integer"}
+
+
+def _field(sidecar: dict[str, Any], name: str, kind: type | tuple[type, ...], source: Any,
+           default: Any = _MISSING) -> Any:
+    """``sidecar[a][b]...`` for ``name`` = ``"a.b"``, checked to be of ``kind``; EngineError otherwise."""
+    value: Any = sidecar
+    for part in name.split("."):
+        value = value.get(part, _MISSING) if isinstance(value, dict) else _MISSING
+        if value is _MISSING:
+            break
+    if value is _MISSING and default is not _MISSING:
+        return default
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    expected = " or ".join(_JSON_NAMES.get(k, k.__name__) for k in kinds)
+    if value is _MISSING:
+        raise EngineError(f"{source}: field '{name}' is missing (expected {expected})")
+    if not isinstance(value, kind):
+        raise EngineError(f"{source}: field '{name}' must be {expected}, got {value!r:.80}")
+    return value
 
 
 def read_engine_metadata(engine_path: str | Path) -> ModelMetadata:
     """The model metadata recorded in a bundle's sidecar."""
     sidecar = read_sidecar(engine_path)
-    if sidecar.get("format") != BUNDLE_FORMAT or "metadata" not in sidecar:
-        raise EngineError(f"{sidecar_path(engine_path)} is not an lcie_fast engine sidecar")
-    return ModelMetadata.from_dict(sidecar["metadata"])
+    source = sidecar_path(engine_path)
+    if sidecar.get("format") != BUNDLE_FORMAT:
+        raise EngineError(f"{source} is not an lcie_fast engine sidecar (format {sidecar.get('format')!r:.40})")
+    return _sidecar_metadata(sidecar, source)
 
 
-def compatibility_problems(sidecar: dict[str, Any], trt_version: str, gpu: dict[str, str]) -> list[str]:
+def _sidecar_metadata(sidecar: dict[str, Any], source: Any) -> ModelMetadata:
+    try:
+        return ModelMetadata.from_dict(_field(sidecar, "metadata", dict, source))
+    except MetadataError as err:
+        raise EngineError(f"{source}: field 'metadata': {err}") from None
+
+
+def validate_sidecar(sidecar: dict[str, Any], source: Any = "the sidecar") -> ModelMetadata:
+    """Check every field a loader reads beyond :func:`compatibility_problems`; the metadata.
+
+    Raises:
+        EngineError: naming ``source`` and the first field that is missing or malformed.
+    """
+    meta = _sidecar_metadata(sidecar, source)
+    _field(sidecar, "io", dict, source)
+    for name in ("io.input.name", "io.output.name"):
+        if not _field(sidecar, name, str, source):
+            raise EngineError(f"{source}: field '{name}' is empty")
+    largest = _field(sidecar, "io.input.max", list, source)
+    if len(largest) != 4 or not all(isinstance(dim, int) and not isinstance(dim, bool) and dim >= 1 for dim in largest):
+        raise EngineError(f"{source}: field 'io.input.max' must be 4 positive integers (batch, 3, S, S), "
+                          f"got {largest!r:.80}")
+    return meta
+
+
+COMPATIBILITY = ("none", "version", "hardware")
+
+
+def host_code_decision(sidecar: dict[str, Any], allow_host_code: bool, source: Any = "the sidecar") -> tuple[bool, str]:
+    """Whether TensorRT may run host code embedded in this bundle, and why not when it is needed.
+
+    A version-compatible engine carries a lean runtime that TensorRT runs as host code; the
+    sidecar only says so, and a sidecar is a file anyone can write: it can never widen what
+    the engine may run. Only the caller can, with ``allow_host_code=True``.
+
+    Returns:
+        ``(allowed, reason)``: ``allowed`` only when the bundle needs host code and the caller
+        opted in; ``reason`` is non-empty when the bundle needs host code the caller did not allow.
+    """
+    compat = _field(sidecar, "profile.compatibility", str, source, default="none")
+    if compat != "version":
+        return False, ""
+    if allow_host_code:
+        return True, ""
+    return False, ("it is a version-compatible engine, which runs host code embedded in the file; load it only "
+                   "from a source you trust, opting in with --allow-host-code (lcie-fast tag / bench), "
+                   "open_backend(path, allow_host_code=True) or Tagger.load(path, allow_host_code=True)")
+
+
+def compatibility_problems(sidecar: dict[str, Any], trt_version: str, gpu: dict[str, str],
+                           source: Any = "the sidecar") -> list[str]:
     """Why a bundle must not be deserialized here (empty when it may).
 
     Rules: the sidecar must be an lcie_fast engine sidecar; without version compatibility the
     TensorRT version must match exactly, with it the major version must match and the runtime
     be at least as new; without hardware compatibility the compute capability must match,
     with it the GPU must be Ampere (8.0) or newer; the platform must match.
+
+    Raises:
+        EngineError: a field these rules read is missing or malformed (named, with ``source``).
     """
-    if sidecar.get("format") != BUNDLE_FORMAT:
+    if not isinstance(sidecar, dict) or sidecar.get("format") != BUNDLE_FORMAT:
         return ["the sidecar is not an lcie_fast engine sidecar"]
     problems = []
-    built_trt = str(sidecar.get("tensorrt_version", ""))
-    compat = sidecar.get("profile", {}).get("compatibility", "none")
+    built_trt = _field(sidecar, "tensorrt_version", str, source)
+    _field(sidecar, "profile", dict, source)
+    compat = _field(sidecar, "profile.compatibility", str, source, default="none")
+    if compat not in COMPATIBILITY:
+        raise EngineError(f"{source}: field 'profile.compatibility' must be one of {', '.join(COMPATIBILITY)}, "
+                          f"got {compat!r:.40}")
+    _field(sidecar, "gpu", dict, source)
+    built_name = _field(sidecar, "gpu.name", str, source, default="another GPU")
+    built_capability = _field(sidecar, "gpu.compute_capability", str, source)
+    built_platform = _field(sidecar, "platform", str, source, default="")
     if compat == "version":
         if built_trt.split(".")[0] != trt_version.split(".")[0]:
             problems.append(f"built with TensorRT {built_trt}, this is TensorRT {trt_version} (another major version)")
@@ -173,16 +336,15 @@ def compatibility_problems(sidecar: dict[str, Any], trt_version: str, gpu: dict[
     elif built_trt != trt_version:
         problems.append(f"built with TensorRT {built_trt}, this is TensorRT {trt_version}; rebuild it "
                         f"(or build with a version-compatible profile)")
-    built_gpu = sidecar.get("gpu", {})
     if compat == "hardware":
         if _version_tuple(gpu["compute_capability"]) < (8, 0):
             problems.append(f"hardware-compatible engines need an Ampere or newer GPU; this {gpu['name']} is "
                             f"sm {gpu['compute_capability']}")
-    elif built_gpu.get("compute_capability") != gpu["compute_capability"]:
-        problems.append(f"built for {built_gpu.get('name')} (sm {built_gpu.get('compute_capability')}), this GPU is "
+    elif built_capability != gpu["compute_capability"]:
+        problems.append(f"built for {built_name} (sm {built_capability}), this GPU is "
                         f"{gpu['name']} (sm {gpu['compute_capability']}); rebuild it here")
-    if sidecar.get("platform") and sidecar["platform"] != platform_tag():
-        problems.append(f"built on {sidecar['platform']}, this is {platform_tag()}")
+    if built_platform and built_platform != platform_tag():
+        problems.append(f"built on {built_platform}, this is {platform_tag()}")
     return problems
 
 
@@ -190,12 +352,23 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(".") if part.isdigit())
 
 
-def check_bundle(engine_path: str | Path, trt_version: str, gpu: dict[str, str]) -> dict[str, Any]:
-    """Sidecar of a bundle that may run here; :class:`EngineError` with every reason otherwise."""
+def check_bundle(engine_path: str | Path, trt_version: str, gpu: dict[str, str], *,
+                 allow_host_code: bool = False) -> dict[str, Any]:
+    """Sidecar of a bundle that may run here; :class:`EngineError` with every reason otherwise.
+
+    Args:
+        allow_host_code: The caller trusts the bundle to run embedded host code (needed by
+            version-compatible engines, refused without it; see :func:`host_code_decision`).
+    """
     sidecar = read_sidecar(engine_path)
-    problems = compatibility_problems(sidecar, trt_version, gpu)
+    source = sidecar_path(engine_path)
+    problems = compatibility_problems(sidecar, trt_version, gpu, source)
+    _, reason = host_code_decision(sidecar, allow_host_code, source)
+    if reason:
+        problems.append(reason)
     if problems:
         raise EngineError(f"{engine_path} is refused: " + "; ".join(problems))
+    validate_sidecar(sidecar, source)
     return sidecar
 
 

@@ -19,6 +19,18 @@ FORMAT_VERSION = 1
 # written before they existed (its weights were built and trained that way).
 LEGACY_MODEL_FIELDS: dict[str, Any] = {"branch_init": "paper", "spatial_norm": "none", "fused_norm": False}
 
+# Bounds on the sizes an artefact's metadata may ask for, far beyond any real model: a file
+# from an untrusted source must not make the loader allocate gigabytes before any weight
+# is compared with the architecture it claims.
+MODEL_LIMITS: dict[str, tuple[int, int]] = {
+    "img_size": (1, 4096),
+    "num_classes": (1, 100_000),
+    "decoder_layers": (0, 64),
+    "encoder_layers": (0, 64),
+    "num_heads": (1, 256),
+    "ffn_dim": (1, 65_536),
+}
+
 
 class MetadataError(UserError, ValueError):
     """Metadata that is missing or malformed, with the field named."""
@@ -52,6 +64,13 @@ class ModelMetadata:
             )
         if self.model_config.preprocess is None:
             raise MetadataError("model_config.preprocess must be resolved (build the model first)")
+        for name, (low, high) in MODEL_LIMITS.items():
+            value = getattr(self.model_config, name)
+            if not low <= value <= high:
+                raise MetadataError(f"model_config.{name}={value} is outside [{low}, {high}]")
+        size = self.model_config.preprocess.input_size
+        if not 1 <= size <= MODEL_LIMITS["img_size"][1]:
+            raise MetadataError(f"preprocess.input_size={size} is outside [1, {MODEL_LIMITS['img_size'][1]}]")
 
     @property
     def preprocess(self) -> PreprocessConfig:

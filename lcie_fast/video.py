@@ -4,13 +4,18 @@ Frames are decoded on the CPU with PyAV (or OpenCV when PyAV is absent), sampled
 frames or at F frames per second, tagged in batches, and smoothed with an exponential moving
 average (``ema``: weight of the newest frame). A label's segment runs while its smoothed score
 stays at or above its threshold; segments shorter than ``min_segment`` seconds are dropped.
+
+A file without a video stream is refused naming it. With PyAV, an undecodable packet is
+skipped and counted (as OpenCV does), and the count is reported with the file's name: one
+damaged packet costs its frames, not the whole video.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -33,14 +38,26 @@ class Segment:
                 "max_score": round(self.max_score, 5), "frames": self.frames}
 
 
+def _report_to_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 def iter_frames(path: str | Path, *, every: int | None = None, fps: float | None = None,
-                reader: str = "auto") -> Iterator[tuple[int, float, np.ndarray]]:
+                reader: str = "auto", report: Callable[[str], None] | None = None
+                ) -> Iterator[tuple[int, float, np.ndarray]]:
     """(frame index, time in seconds, RGB uint8 (H, W, 3)) of the sampled frames.
 
     Args:
         every: Keep every N-th decoded frame.
         fps: Keep frames at this rate (by timestamp). Neither: every frame.
         reader: ``av`` (PyAV), ``opencv`` or ``auto`` (PyAV when installed).
+        report: Called with one line naming the file when packets were skipped as
+            undecodable, or reading stopped early on damaged data (default: stderr).
+
+    Raises:
+        InputNotFoundError: ``path`` does not exist.
+        InvalidInputError: the file cannot be opened as video, has no video stream, or no
+            frame of it can be decoded.
     """
     path = Path(path)
     if not path.is_file():
@@ -53,9 +70,12 @@ def iter_frames(path: str | Path, *, every: int | None = None, fps: float | None
         import importlib.util
 
         reader = "av" if importlib.util.find_spec("av") else "opencv"
-    frames = _frames_av(path) if reader == "av" else _frames_opencv(path)
+    report = report or _report_to_stderr
+    frames = _frames_av(path, report) if reader == "av" else _frames_opencv(path)
     next_time = 0.0
+    decoded = 0
     for index, timestamp, image in frames:
+        decoded += 1
         if every is not None and index % every:
             continue
         if fps is not None:
@@ -63,28 +83,60 @@ def iter_frames(path: str | Path, *, every: int | None = None, fps: float | None
                 continue
             next_time = timestamp + 1.0 / fps
         yield index, timestamp, image
+    if not decoded:
+        raise InvalidInputError(f"{path}: no video frame could be decoded (is it a video file?)")
 
 
-def _frames_av(path: Path) -> Iterator[tuple[int, float, np.ndarray]]:
+def _frames_av(path: Path, report: Callable[[str], None]) -> Iterator[tuple[int, float, np.ndarray]]:
+    """Decode packet by packet, so a damaged packet is skipped and counted, not fatal."""
     av = require("av", "decoding video with PyAV")
     try:
         container = av.open(str(path))
     except av.error.FFmpegError as err:
         raise InvalidInputError(f"{path}: cannot open as video: {err}") from None
     with container:
+        if not container.streams.video:
+            kinds = sorted({stream.type for stream in container.streams}) or ["none"]
+            raise InvalidInputError(f"{path}: no video stream (streams: {', '.join(kinds)})")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         rate = float(stream.average_rate or stream.guessed_rate or 25)
-        for index, frame in enumerate(container.decode(stream)):
-            timestamp = float(frame.time) if frame.time is not None else index / rate
-            yield index, timestamp, frame.to_ndarray(format="rgb24")
+        index, skipped, first_error, stopped = 0, 0, "", ""
+        packets = container.demux(stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                break
+            except av.error.FFmpegError as err:  # the container itself is damaged: keep what was read
+                stopped = str(err)
+                break
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError as err:
+                skipped += 1
+                first_error = first_error or str(err)
+                continue
+            for frame in frames:
+                timestamp = float(frame.time) if frame.time is not None else index / rate
+                yield index, timestamp, frame.to_ndarray(format="rgb24")
+                index += 1
+        if skipped:
+            report(f"{path}: skipped {skipped} undecodable video packet(s) ({first_error}); "
+                   f"{index} frames decoded")
+        if stopped:
+            report(f"{path}: stopped reading after {index} frames on damaged data ({stopped})")
 
 
 def _frames_opencv(path: Path) -> Iterator[tuple[int, float, np.ndarray]]:
     cv2 = require("cv2", "decoding video with OpenCV")
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
-        raise InvalidInputError(f"{path}: OpenCV cannot open it as video")
+        raise InvalidInputError(f"{path}: OpenCV cannot open it as video (no video stream, or a format "
+                                f"it cannot read)")
+    if not capture.get(cv2.CAP_PROP_FRAME_WIDTH):
+        capture.release()
+        raise InvalidInputError(f"{path}: no video stream")
     rate = capture.get(cv2.CAP_PROP_FPS) or 25.0
     index = 0
     try:
@@ -100,11 +152,13 @@ def _frames_opencv(path: Path) -> Iterator[tuple[int, float, np.ndarray]]:
 
 def tag_video(tagger: Any, path: str | Path, *, every: int | None = None, fps: float | None = None,
               batch_size: int = 16, ema: float = 0.5, min_segment: float = 0.0,
-              reader: str = "auto") -> tuple[list[dict[str, Any]], list[Segment]]:
+              reader: str = "auto", report: Callable[[str], None] | None = None
+              ) -> tuple[list[dict[str, Any]], list[Segment]]:
     """Per-frame records and per-label segments of a video file.
 
     Each frame record: ``frame``, ``time``, ``labels`` (smoothed score at or above the label's
     threshold, best first) and ``scores`` (raw per-frame probabilities of every label).
+    ``report`` receives the lines about skipped packets (see :func:`iter_frames`).
     """
     if not 0.0 < ema <= 1.0:
         raise InvalidInputError("ema must be in (0, 1]")
@@ -121,12 +175,16 @@ def tag_video(tagger: Any, path: str | Path, *, every: int | None = None, fps: f
         results = tagger.tag_frames([image for _, _, image in batch], threshold=0.0, all_scores=True)
         for (index, timestamp, _), result in zip(batch, results):
             raw = np.array([result.scores[name] for name in labels], dtype=np.float64)
-            smoothed = raw if smoothed is None else ema * raw + (1 - ema) * smoothed
-            on = smoothed >= thresholds
-            order = np.argsort(-smoothed, kind="stable")
+            finite = bool(np.isfinite(raw).all())
+            if finite:  # a frame with non-finite scores is reported, and never enters the average
+                smoothed = raw if smoothed is None else ema * raw + (1 - ema) * smoothed
+            current = smoothed if smoothed is not None else np.zeros(len(labels))
+            on = (current >= thresholds) if finite else np.zeros(len(labels), bool)
+            order = np.argsort(-current, kind="stable")
             records.append({"frame": index, "time": round(timestamp, 3),
-                            "labels": [{"label": labels[c], "score": round(float(smoothed[c]), 5)} for c in order if on[c]],
-                            "scores": {name: round(float(p), 5) for name, p in zip(labels, raw)}})
+                            "labels": [{"label": labels[c], "score": round(float(current[c]), 5)} for c in order if on[c]],
+                            "scores": {name: round(float(p), 5) if np.isfinite(p) else None for name, p in zip(labels, raw)},
+                            **({} if finite else {"error": "non-finite scores from the model"})})
             times.append(timestamp)
             for c, name in enumerate(labels):
                 segment = open_segments.get(c)
@@ -140,7 +198,7 @@ def tag_video(tagger: Any, path: str | Path, *, every: int | None = None, fps: f
                     del open_segments[c]
 
     batch = []
-    for frame in iter_frames(path, every=every, fps=fps, reader=reader):
+    for frame in iter_frames(path, every=every, fps=fps, reader=reader, report=report):
         batch.append(frame)
         if len(batch) == batch_size:
             flush(batch)

@@ -22,7 +22,7 @@ import json
 import time
 from pathlib import Path
 
-from ..artifacts import INPUT_NAME, EngineError, check_bundle, engine_sidecar, platform_tag, read_onnx_metadata
+from ..artifacts import INPUT_NAME, EngineError, check_bundle, check_onnx_graph, engine_sidecar, platform_tag
 from ..config import ConfigError, from_dict, load_yaml
 from ..io import atomic_write, sha256_file, write_json
 from ..runtime.tensorrt import current_gpu, trt_module
@@ -94,9 +94,10 @@ def build_engine(onnx_path: str | Path, profile: EngineProfile, *, cache_dir: st
 
     Raises:
         EngineError: the graph's precision differs from the profile's, parsing or building fails.
+        GraphError: the graph is damaged or its I/O shapes contradict its metadata.
     """
     trt = trt_module()
-    meta = read_onnx_metadata(onnx_path)
+    meta = check_onnx_graph(onnx_path)  # a graph whose shapes contradict its metadata is refused here
     if meta.precision != profile.precision:
         raise EngineError(f"profile {profile.name} compiles {profile.precision} graphs; {onnx_path} is "
                           f"{meta.precision} (export it with lcie-fast export --{profile.precision})")
@@ -106,7 +107,8 @@ def build_engine(onnx_path: str | Path, profile: EngineProfile, *, cache_dir: st
     folder = Path(cache_dir) / key
     engine_path = folder / "model.engine"
     if engine_path.is_file() and not force:
-        check_bundle(engine_path, trt.__version__, gpu)
+        # the profile asked for a version-compatible engine: its host code is this build's own
+        check_bundle(engine_path, trt.__version__, gpu, allow_host_code=profile.compatibility == "version")
         return engine_path
 
     logger = trt.Logger(trt.Logger.WARNING)

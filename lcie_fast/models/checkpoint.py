@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -130,23 +131,70 @@ def model_from_checkpoint(
 ) -> tuple[torch.nn.Module, ModelMetadata]:
     """Rebuild the model a checkpoint describes and load its weights (eval mode, CPU).
 
+    The architecture the metadata describes is first built on the meta device (no memory)
+    and every weight's name and shape compared with it: metadata that claims a larger model
+    than its weights is refused before anything is allocated.
+
     Files written while the shared correlation encoder was saved twice (``encoder.*`` and
     ``partial.encoder.*``) load too: the model's load-state-dict pre-hook drops the copy.
 
     Raises:
         CheckpointError: as :func:`load_checkpoint`, or weights that do not fit the config.
     """
-    from .lcie import build
+    from . import lcie
 
     if not isinstance(checkpoint, Checkpoint):
         checkpoint = load_checkpoint(checkpoint, expected_preset=expected_preset)
     meta = checkpoint.meta
-    model = build(meta.model_config, pretrained=None, preset=meta.preset)
+    check_weights_fit(checkpoint)
+    model = lcie.build(meta.model_config, pretrained=None, preset=meta.preset)
     try:
         model.load_state_dict(checkpoint.model_state)
     except RuntimeError as err:
         raise CheckpointError(f"{checkpoint.path}: weights do not fit its own model config: {err}") from None
     return model.eval(), meta
+
+
+def check_weights_fit(checkpoint: Checkpoint) -> None:
+    """Compare the checkpoint's weights with the architecture its metadata implies, in no memory.
+
+    Raises:
+        CheckpointError: naming the file and the first weight whose shape differs, or the
+            weights missing or left over.
+    """
+    from . import lcie
+
+    meta = checkpoint.meta
+    try:
+        with torch.device("meta"):
+            skeleton = lcie.build(meta.model_config, pretrained=None, preset=meta.preset)
+    except UserError as err:
+        raise CheckpointError(f"{checkpoint.path}: its metadata describes a model that cannot be built: {err}") from None
+    except (RuntimeError, NotImplementedError):
+        # a backbone whose constructor reads tensor values cannot be built on the meta device;
+        # the metadata's size bounds (metadata.MODEL_LIMITS) still cap what the real build costs
+        return
+    state = checkpoint.model_state
+    expected = skeleton.state_dict()
+    mismatched = [key for key, tensor in expected.items() if key in state and state[key].shape != tensor.shape]
+    if mismatched:
+        key = mismatched[0]
+        more = f" (and {len(mismatched) - 1} more weights)" if len(mismatched) > 1 else ""
+        raise CheckpointError(
+            f"{checkpoint.path}: weights do not fit the architecture its metadata describes "
+            f"(ffn_dim={meta.model_config.ffn_dim}, num_heads={meta.model_config.num_heads}, "
+            f"img_size={meta.model_config.img_size} ...): '{key}' is {tuple(state[key].shape)} in the file, "
+            f"the metadata implies {tuple(expected[key].shape)}{more}"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # copies onto meta tensors are no-ops, and say so
+            skeleton.load_state_dict(state)  # key check, with the model's own pre-hooks
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{checkpoint.path}: weights do not fit the architecture its metadata describes: "
+            f"{' '.join(str(err).split())[:800]}"
+        ) from None
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

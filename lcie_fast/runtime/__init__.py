@@ -22,7 +22,7 @@ __all__ = ["BACKENDS", "Backend", "BackendError", "open_backend"]
 
 def open_backend(model: str | Path | Any, backend: str = "auto", device: str | None = None, *,
                  meta: Any = None, precision: str | None = None, fast_ops: str = "auto", channels_last: bool = True,
-                 cuda_graphs: bool = False) -> Backend:
+                 cuda_graphs: bool = False, allow_host_code: bool = False) -> Backend:
     """The named backend, or the first of the ``auto`` order that builds here.
 
     ``auto`` order: TensorRT for engine bundles, ONNX Runtime for graphs; for checkpoints (and
@@ -39,6 +39,8 @@ def open_backend(model: str | Path | Any, backend: str = "auto", device: str | N
         fast_ops: ``auto`` (fused projections and kernels) or ``ref`` for torch backends.
         channels_last: Torch backends run channels-last (else contiguous NCHW).
         cuda_graphs: ``compiled`` on a GPU also captures CUDA graphs.
+        allow_host_code: Let a version-compatible TensorRT bundle run the host code embedded in
+            it (only for bundles from a source you trust; refused otherwise, with the reason).
 
     Raises:
         FileNotFoundError: ``model`` is a path that does not exist.
@@ -73,7 +75,8 @@ def open_backend(model: str | Path | Any, backend: str = "auto", device: str | N
     errors = []
     for name in order:
         try:
-            return _make(model, kind, name, device, meta, precision, fast_ops, channels_last, cuda_graphs)
+            return _make(model, kind, name, device, meta, precision, fast_ops, channels_last, cuda_graphs,
+                         allow_host_code)
         except (BackendError, ImportError, RuntimeError) as err:
             errors.append(f"{name}: {err or type(err).__name__}")
     where = model if kind != "module" else "this model"
@@ -81,7 +84,7 @@ def open_backend(model: str | Path | Any, backend: str = "auto", device: str | N
 
 
 def _make(model: Any, kind: str, name: str, device: str | None, meta: Any, precision: str | None,
-          fast_ops: str, channels_last: bool, cuda_graphs: bool) -> Backend:
+          fast_ops: str, channels_last: bool, cuda_graphs: bool, allow_host_code: bool) -> Backend:
     import torch
 
     if name == "tensorrt":
@@ -89,7 +92,8 @@ def _make(model: Any, kind: str, name: str, device: str | None, meta: Any, preci
             raise BackendError("tensorrt runs engine bundles: build one with lcie-fast build-engine")
         from .tensorrt import TensorRTBackend
 
-        return TensorRTBackend(model, device=int(device.split(":")[1]) if device and ":" in device else 0)
+        return TensorRTBackend(model, device=int(device.split(":")[1]) if device and ":" in device else 0,
+                               allow_host_code=allow_host_code)
     if name == "onnxruntime":
         if kind != "onnx":
             raise BackendError("onnxruntime runs .onnx graphs: export one with lcie-fast export")

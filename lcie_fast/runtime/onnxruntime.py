@@ -8,7 +8,15 @@ from typing import Any
 import numpy as np
 
 from .._optional import require
-from ..artifacts import INPUT_NAME, OUTPUT_NAME, graph_has_qdq, read_onnx_metadata
+from ..artifacts import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    GraphError,
+    graph_has_qdq,
+    onnx_io_problems,
+    output_width_problem,
+    read_onnx_metadata,
+)
 from ..cpu import cpu_has_vnni
 from .base import Backend
 
@@ -29,7 +37,10 @@ def ort_session(path: str | Path, *, basic_optimizations: bool | None = None, th
     if threads:
         options.intra_op_num_threads = threads
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # noqa: BLE001 - ORT raises its own classes for invalid graphs
+        raise GraphError(f"{path}: ONNX Runtime cannot load it: {' '.join(str(err).split())[:500]}") from None
 
 
 class OnnxRuntimeBackend(Backend):
@@ -41,6 +52,11 @@ class OnnxRuntimeBackend(Backend):
     Args:
         path: The ``.onnx`` file (its embedded metadata gives labels, preprocessing, precision).
         threads: Intra-op threads (default: ORT's choice).
+
+    Raises:
+        GraphError: a file that is not ONNX, or whose input size or output width contradicts
+            its metadata (checked at load; a symbolic output width on every result).
+        MetadataError: a graph without lcie-fast metadata.
     """
 
     name = "onnxruntime"
@@ -53,6 +69,10 @@ class OnnxRuntimeBackend(Backend):
         self.qdq = graph_has_qdq(self.path)
         self.basic_optimizations = self.qdq and not cpu_has_vnni()
         self.session = ort_session(self.path, basic_optimizations=self.basic_optimizations, threads=threads)
+        shapes = {value.name: list(value.shape) for value in (*self.session.get_inputs(), *self.session.get_outputs())}
+        problems = onnx_io_problems(self.meta, shapes.get(INPUT_NAME), shapes.get(OUTPUT_NAME))
+        if problems:
+            raise GraphError(f"{self.path}: " + "; ".join(problems))
 
     @property
     def label(self) -> str:
@@ -63,7 +83,10 @@ class OnnxRuntimeBackend(Backend):
         if hasattr(images, "detach"):
             images = images.detach().float().cpu().numpy()
         array = np.ascontiguousarray(images, dtype=np.float32)
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: array})[0]
+        logits = self.session.run([OUTPUT_NAME], {INPUT_NAME: array})[0]
+        if logits.ndim != 2 or logits.shape[1] != self.meta.num_classes:  # a symbolic width, seen only now
+            raise GraphError(f"{self.path}: {output_width_problem(logits.shape[-1] if logits.ndim else 0, self.meta)}")
+        return logits
 
     def close(self) -> None:
         self.session = None

@@ -7,6 +7,8 @@ process, CUDA torch tensors are used as I/O directly (no host round trip).
 
 The bundle's sidecar is checked against this TensorRT and this GPU before deserializing,
 and a null engine from ``deserialize_cuda_engine`` is refused: there is no preflight API.
+Host code embedded in an engine (version-compatible bundles) runs only when the caller
+opts in with ``allow_host_code=True``: a sidecar cannot widen what an engine may run.
 
 TensorRT cannot be installed on the project's machines; this runs on a user's GPU box.
 """
@@ -20,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .._optional import require
-from ..artifacts import EngineError, check_bundle
+from ..artifacts import EngineError, check_bundle, host_code_decision, sidecar_path
 from ..metadata import ModelMetadata
 from .base import Backend
 
@@ -63,15 +65,22 @@ class TensorRTBackend(Backend):
     Args:
         engine_path: The ``.engine`` file.
         device: CUDA device index.
+        allow_host_code: Trust the bundle to run host code embedded in it, which
+            version-compatible engines need (they are refused without it). Only for bundles
+            from a trusted source: the sidecar that asks for it is not proof of anything.
+
+    Raises:
+        EngineError: a malformed sidecar (the field named), a bundle built for another GPU,
+            TensorRT or platform, a version-compatible bundle without ``allow_host_code``.
     """
 
     name = "tensorrt"
 
-    def __init__(self, engine_path: str | Path, device: int = 0) -> None:
+    def __init__(self, engine_path: str | Path, device: int = 0, *, allow_host_code: bool = False) -> None:
         trt = trt_module()
         self.engine_path = Path(engine_path)
         self.gpu = current_gpu(device)
-        self.sidecar = check_bundle(self.engine_path, trt.__version__, self.gpu)
+        self.sidecar = check_bundle(self.engine_path, trt.__version__, self.gpu, allow_host_code=allow_host_code)
         self.meta = ModelMetadata.from_dict(self.sidecar["metadata"])
         self.precision = self.meta.precision
         self.device = f"cuda:{device}"
@@ -82,8 +91,9 @@ class TensorRTBackend(Backend):
 
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
-        if self.sidecar["profile"].get("compatibility") == "version":
-            self.runtime.engine_host_code_allowed = True  # version-compatible engines embed a lean runtime
+        host_code, _ = host_code_decision(self.sidecar, allow_host_code, sidecar_path(self.engine_path))
+        if host_code:  # version-compatible engines embed a lean runtime; the caller opted in
+            self.runtime.engine_host_code_allowed = True
         engine = self.runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
         if engine is None:
             raise EngineError(f"{self.engine_path}: TensorRT {trt.__version__} could not deserialize it on "
