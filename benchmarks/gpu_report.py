@@ -34,8 +34,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def timed(fn, device: torch.device, reps: int, warmup: int = 3) -> list[float]:
-    """Seconds of each timed call, synchronised (lcie_fast.benchmark.time_calls)."""
-    from lcie_fast.benchmark import time_calls
+    """Seconds of each timed call, synchronised (lcie_fast.timing.time_calls)."""
+    from lcie_fast.timing import time_calls
 
     synchronize = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     return time_calls(fn, synchronize, reps, warmup)

@@ -14,7 +14,13 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="a preset (random weights), a checkpoint, an ONNX graph or an engine bundle")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default: 1 16 64 on a GPU, 1 8 on the CPU")
     p.add_argument("--device", choices=["cpu", "cuda"])
-    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--reps", type=int, default=10, help="timed calls per backend and batch, interleaved (default 10)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls per backend and batch first (default 2)")
+    p.add_argument("--noise-bound", type=float, default=benchmark.NOISE_BOUND,
+                   help="a row whose (p75-p25)/median exceeds this is timed again, then marked noisy "
+                        f"(default {benchmark.NOISE_BOUND})")
+    p.add_argument("--no-memory", action="store_true",
+                   help="skip peak memory per backend (on the CPU: one fresh process per backend)")
     p.add_argument("--onnx", metavar="MODEL_ONNX", help="also run these graphs (model.onnx and its .fp16/.int8 siblings)")
     p.add_argument("--engines", nargs="*", default=[], help="also run these TensorRT bundles")
     p.add_argument("--compile", action="store_true", help="also torch.compile (minutes of compilation)")
@@ -35,7 +41,8 @@ def _run_bench_command(args: argparse.Namespace) -> int:
     batch_sizes = args.batch_sizes or ([1, 16, 64] if device == "cuda" else [1, 8])
     report = run_bench(args.model, batch_sizes=batch_sizes, device=device, reps=args.reps, onnx=args.onnx,
                        engines=args.engines, data=args.data, compile_=args.compile, num_classes=args.num_classes,
-                       workers=args.workers)
+                       workers=args.workers, warmup=args.warmup, noise_bound=args.noise_bound,
+                       memory=not args.no_memory)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.md").write_text(markdown(report))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from ..io import write_json
 from ..metrics import multilabel_metrics, sigmoid
 from ..runtime.base import Backend
 from ..runtime.variants import Variant
+from ..timing import NOISE_BOUND
 from .pipeline import CalibrationOptions
 
 # per precision: largest |mAP - mAP(eager FP32)| in points (unless the paired interval holds 0),
@@ -135,6 +136,7 @@ class ParityRow:
     gate: dict[str, float]
     dmAP_ci95: tuple[float, float] | None = None
     failed_checks: tuple[str, ...] = ()
+    timing: dict[str, Any] = dataclasses.field(default_factory=dict)  # how images_per_s was measured (run_backend)
 
 
 def load_images(data: MultiLabelSet, preprocess: Preprocess, progress: bool = True) -> tuple[torch.Tensor, np.ndarray, list]:
@@ -151,23 +153,55 @@ def load_images(data: MultiLabelSet, preprocess: Preprocess, progress: bool = Tr
     return torch.stack(images), np.array(kept), failed
 
 
+# fewer timed batches than this (a small set) and the batches are timed over again
+MIN_TIMED_BATCHES = 5
+
+
 def run_backend(backend: Backend, images: torch.Tensor, preprocess: Preprocess, batch_size: int,
-                progress: bool = True) -> tuple[np.ndarray, float]:
-    """Logits of every image and the model-only throughput (normalisation and copies excluded)."""
+                progress: bool = True, timer: Callable[[], float] = time.perf_counter,
+                noise_bound: float = NOISE_BOUND) -> tuple[np.ndarray, dict[str, Any]]:
+    """Logits of every image and the model-only throughput (normalisation and copies excluded).
+
+    The throughput: median images/s over the full batches (a last, smaller batch runs at another
+    rate) with its 25-75% range; passes over the batches are added until at least
+    :data:`MIN_TIMED_BATCHES` are timed; when (p75 - p25) / median exceeds ``noise_bound`` the
+    batches are timed again over two passes, and a throughput still above it is marked noisy.
+
+    Returns:
+        The (N, C) logits, and the timing: ``images_per_s`` (the median), ``images_per_s_p25``,
+        ``images_per_s_p75``, ``relative_spread``, ``timed_batches``, ``remeasured``, ``noisy``
+        and the ``threads`` the backend ran with.
+    """
+    from ..timing import spread, thread_counts, time_interleaved
+
     max_batch = backend.max_batch or batch_size
     batch_size = min(batch_size, max_batch)
     batches = [preprocess.normalize(images[i:i + batch_size], channels_last=False)
                for i in range(0, len(images), batch_size)]
     backend.infer(batches[0])  # warm-up (lazy init, autotuning, compilation)
     backend.synchronize()
-    outputs, seconds = [], 0.0
+    outputs, seconds = [], []
     for batch in tqdm(batches, desc=backend.label, unit="batch", disable=not progress, leave=False):
-        start = time.perf_counter()
+        start = timer()
         out = backend.infer(batch)
         backend.synchronize()
-        seconds += time.perf_counter() - start
+        seconds.append(timer() - start)
         outputs.append(out.detach().float().cpu().numpy() if hasattr(out, "detach") else np.asarray(out, np.float32))
-    return np.concatenate(outputs), len(images) / max(seconds, 1e-9)
+    full = [i for i, batch in enumerate(batches) if len(batch) == len(batches[0])]
+    calls = [(lambda batch=batches[i]: backend.infer(batch), backend.synchronize) for i in full]
+    rates = [len(batches[i]) / max(seconds[i], 1e-9) for i in full]
+    if len(rates) < MIN_TIMED_BATCHES:
+        passes = -(-(MIN_TIMED_BATCHES - len(rates)) // len(full))
+        rates += [len(batches[0]) / max(t, 1e-9) for t in np.ravel(time_interleaved(calls, passes, 0, timer))]
+    stats, remeasured = spread(rates), False
+    if stats["relative_spread"] > noise_bound:
+        again = np.ravel(time_interleaved(calls, 2, 0, timer))
+        stats, remeasured = spread([len(batches[0]) / max(t, 1e-9) for t in again]), True
+    timing = {"images_per_s": stats["median"], "images_per_s_p25": stats["p25"], "images_per_s_p75": stats["p75"],
+              "relative_spread": stats["relative_spread"], "timed_batches": len(again) if remeasured else len(rates),
+              "remeasured": remeasured, "noisy": stats["relative_spread"] > noise_bound,
+              "threads": thread_counts({backend.label: backend})}
+    return np.concatenate(outputs), timing
 
 
 def compare(reference: np.ndarray, logits: np.ndarray, targets: np.ndarray, label_names: list[str],
@@ -225,7 +259,7 @@ def run_parity(variants: list[Variant], data: MultiLabelSet, preprocess: Preproc
     for variant in variants:
         backend = variant.build()
         try:
-            logits, rate = run_backend(backend, images, preprocess, batch_size, progress)
+            logits, timing = run_backend(backend, images, preprocess, batch_size, progress)
         finally:
             backend.close()
         if reference is None:
@@ -236,7 +270,7 @@ def run_parity(variants: list[Variant], data: MultiLabelSet, preprocess: Preproc
         interval = (bootstrap_interval(logits, targets, reference=reference, draws=draws, seed=seed)
                     if rows and draws else None)
         failed_checks = gate_checks(gate, dmap, interval, numbers)
-        rows.append(ParityRow(label=variant.label, precision=variant.precision, dmAP=dmap, images_per_s=rate,
+        rows.append(ParityRow(label=variant.label, precision=variant.precision, dmAP=dmap, images_per_s=timing["images_per_s"], timing=timing,
                               passed=not failed_checks, gate=gate, dmAP_ci95=interval,
                               failed_checks=tuple(failed_checks), **numbers))
         logits_by_label[variant.label] = logits
@@ -245,28 +279,53 @@ def run_parity(variants: list[Variant], data: MultiLabelSet, preprocess: Preproc
             "bootstrap_draws": draws}
 
 
+def timing_caption(rows: Sequence[ParityRow]) -> str:
+    """How the images/s column was measured, with the CPU's flags and every thread count."""
+    from ..timing import INTERVAL, cpu_features, machine_caption, thread_counts
+
+    threads = thread_counts()
+    for row in rows:  # as recorded while each backend ran
+        recorded = row.timing.get("threads") or {}
+        threads = {**threads, **{k: v for k, v in recorded.items() if k != "onnxruntime_intra_op"}}
+        threads["onnxruntime_intra_op"] = {**threads["onnxruntime_intra_op"], **recorded.get("onnxruntime_intra_op", {})}
+    return (f"images/s is model-only: median [{INTERVAL}] over the full batches of one pass (passes added up to "
+            f"{MIN_TIMED_BATCHES} batches); where (p75-p25)/median > {NOISE_BOUND:.2f} the batches are timed again over "
+            f"two passes, and a spread still above is marked noisy. Backends are timed one after another (each is "
+            f"built, scored and closed in turn), not interleaved: x ref is a ratio of medians, ~ where a noisy one is "
+            f"involved; `lcie-fast bench` gives interleaved timings. Machine: "
+            f"{machine_caption(threads, cpu_features())}.")
+
+
 def markdown_table(report: dict[str, Any]) -> str:
     rows: list[ParityRow] = report["rows"]
     base = rows[0].images_per_s
     lines = [
         f"Parity on {report['source']}: {report['images']} images, batch {report['batch_size']}, "
-        f"threshold {report['threshold']}; reference: {rows[0].label}. images/s is model-only. dmAP interval: "
+        f"threshold {report['threshold']}; reference: {rows[0].label}. dmAP interval: "
         f"paired 95% bootstrap ({report.get('bootstrap_draws', 0)} resamples of the images). A gate passes when "
         f"cosine and tag agreement reach their minimums and |dmAP| is within its tolerance or its interval holds 0.",
+        timing_caption(rows),
         "",
         "| backend | precision | mAP | dmAP [95% interval] | max abs dlogit | mean abs dlogit | cosine (mean / min) | "
-        "tag agreement | images/s | x ref | gate |",
+        "tag agreement | images/s median [25-75%] | x ref | gate |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    base_noisy = rows[0].timing.get("noisy", False)
     for r in rows:
         limits = (f"|dmAP|<={r.gate.get('max_abs_dmap', '-')}, cos>={r.gate.get('min_cosine', '-')}, "
                   f"agree>={r.gate.get('min_agreement', '-')}")
         gate = f"PASS ({limits})" if r.passed else "FAIL: " + "; ".join(r.failed_checks)
         interval = "[{:+.3f}, {:+.3f}]".format(*r.dmAP_ci95) if r.dmAP_ci95 else ""
+        timing = r.timing
+        rate = f"{r.images_per_s:.1f}"
+        if timing:
+            rate += f" [{timing['images_per_s_p25']:.1f}-{timing['images_per_s_p75']:.1f}]"
+            rate += " noisy" if timing["noisy"] else ""
+        caveat = "~" if timing.get("noisy") or base_noisy else ""
         lines.append(
             f"| {r.label} | {r.precision} | {r.mAP:.2f} | {r.dmAP:+.3f} {interval} | {r.max_abs:.2e} | "
             f"{r.mean_abs:.2e} | {r.cosine:.6f} / {r.min_cosine:.6f} | {100 * r.agreement:.2f}% | "
-            f"{r.images_per_s:.1f} | {r.images_per_s / base:.2f} | {gate} |")
+            f"{rate} | {caveat}{r.images_per_s / base:.2f} | {gate} |")
     if report["failed"]:
         lines.append(f"\n{len(report['failed'])} unreadable image(s) left out: "
                      + ", ".join(f["path"] for f in report["failed"][:5]))
@@ -305,7 +364,7 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out_dir / "parity.md", "json": out_dir / "parity.json", "png": out_dir / "parity_scatter.png"}
     paths["markdown"].write_text(markdown_table(report))
-    write_json({k: v for k, v in report.items() if k != "logits"} | {"rows": [dataclasses.asdict(r) for r in report["rows"]]},
-               paths["json"])
+    rows = [dataclasses.asdict(r) for r in report["rows"]]
+    write_json({k: v for k, v in report.items() if k != "logits"} | {"rows": rows}, paths["json"])
     scatter_plot(report, paths["png"])
     return paths
