@@ -1,23 +1,29 @@
-"""The artefact contract: what a checkpoint, an ONNX graph and an engine bundle look like.
+"""The artefact contract: what a checkpoint, an ONNX graph, an engine bundle and an AOTInductor
+package look like.
 
 Producers (:mod:`lcie_fast.deploy`, :mod:`lcie_fast.models.checkpoint`) write artefacts and
 consumers (:mod:`lcie_fast.runtime`, the tagger, bench) read them; both sides import this
 module and never each other's internals. It holds:
 
-- the kind of a file (:func:`artifact_kind`): ``checkpoint``, ``onnx`` or ``engine``;
+- the kind of a file (:func:`artifact_kind`): ``checkpoint``, ``onnx``, ``engine`` or ``aoti``;
 - the ONNX I/O names (:data:`INPUT_NAME`, :data:`OUTPUT_NAME`) and the metadata embedded in a
   graph under :data:`METADATA_KEY` (:func:`write_onnx_metadata`, :func:`read_onnx_metadata`);
-- sibling naming: ``model.onnx`` -> ``model.fp16.onnx`` / ``model.int8.onnx``
-  (:func:`graph_paths`) and each quantised graph's calibration manifest;
+- sibling naming: ``model.onnx`` -> ``model.fp16.onnx`` / ``model.int8.onnx`` (TensorRT target)
+  / ``model.int8-cpu.onnx`` (ONNX Runtime CPU target) (:func:`graph_paths`,
+  :func:`cpu_int8_sibling`), each INT8 graph's target (:func:`graph_target`) and each quantised
+  graph's calibration manifest;
 - the engine bundle: ``model.engine`` + ``model.engine.json`` (:func:`engine_sidecar` writes
   its schema, :func:`read_sidecar` reads it) and the rules for loading one on this machine
-  (:func:`compatibility_problems`, :func:`check_bundle`).
+  (:func:`compatibility_problems`, :func:`check_bundle`);
+- the AOTInductor package ``model.pt2``: its lcie-fast metadata, read without loading the
+  native library (:func:`read_aoti_info`, :func:`read_aoti_metadata`).
 """
 
 from __future__ import annotations
 
 import json
 import platform
+import zipfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,15 +35,20 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 METADATA_KEY = "lcie_fast"
 PRECISIONS = ("fp32", "fp16", "int8")
+INT8_TARGETS = ("tensorrt", "cpu")  # who an INT8 graph is placed for: TensorRT's Q/DQ rules or ORT's CPU kernels
 
 BUNDLE_FORMAT = "lcie_fast.engine"
 BUNDLE_VERSION = 1
 
-ArtifactKind = Literal["checkpoint", "onnx", "engine"]
+ArtifactKind = Literal["checkpoint", "onnx", "engine", "aoti"]
 
 
 class EngineError(UserError, RuntimeError):
     """An engine that cannot be built, or a bundle that must not be loaded here, with the reason."""
+
+
+class PackageError(UserError, RuntimeError):
+    """A ``.pt2`` AOTInductor package that is damaged or not from lcie-fast."""
 
 
 class GraphError(UserError, ValueError):
@@ -45,22 +56,57 @@ class GraphError(UserError, ValueError):
 
 
 def artifact_kind(path: str | Path) -> ArtifactKind:
-    """``engine`` for ``.engine`` bundles, ``onnx`` for ``.onnx`` graphs, ``checkpoint`` otherwise."""
+    """``engine`` for ``.engine`` bundles, ``onnx`` for ``.onnx`` graphs, ``aoti`` for AOTInductor
+    packages (``.pt2``), ``checkpoint`` otherwise."""
     suffix = Path(path).suffix.lower()
-    if suffix == ".engine":
-        return "engine"
-    if suffix == ".onnx":
-        return "onnx"
-    return "checkpoint"
+    return {".engine": "engine", ".onnx": "onnx", ".pt2": "aoti"}.get(suffix, "checkpoint")
 
 
 # ----------------------------------------------------------------------------- ONNX graphs
-def graph_paths(onnx_path: str | Path) -> dict[str, Path]:
-    """``model.onnx`` -> its FP16 and INT8 siblings ``model.fp16.onnx``, ``model.int8.onnx``."""
+def graph_paths(onnx_path: str | Path, int8_target: str = "tensorrt") -> dict[str, Path]:
+    """``model.onnx`` -> its FP16 and INT8 siblings.
+
+    Args:
+        onnx_path: The FP32 graph.
+        int8_target: ``tensorrt`` names the Q/DQ graph TensorRT compiles, ``model.int8.onnx``;
+            ``cpu`` the graph quantised for ONNX Runtime's CPU kernels, ``model.int8-cpu.onnx``.
+
+    Returns:
+        ``{"fp32": model.onnx, "fp16": model.fp16.onnx, "int8": <the int8_target's graph>}``.
+    """
+    if int8_target not in INT8_TARGETS:
+        raise ValueError(f"int8_target must be one of {INT8_TARGETS}, got {int8_target!r}")
     onnx_path = Path(onnx_path)
     stem = onnx_path.name[:-5] if onnx_path.name.endswith(".onnx") else onnx_path.name
-    return {"fp32": onnx_path, "fp16": onnx_path.with_name(f"{stem}.fp16.onnx"),
-            "int8": onnx_path.with_name(f"{stem}.int8.onnx")}
+    int8 = f"{stem}.int8.onnx" if int8_target == "tensorrt" else f"{stem}.int8-cpu.onnx"
+    return {"fp32": onnx_path, "fp16": onnx_path.with_name(f"{stem}.fp16.onnx"), "int8": onnx_path.with_name(int8)}
+
+
+def cpu_int8_sibling(graph_path: str | Path) -> Path | None:
+    """``model.int8.onnx`` -> ``model.int8-cpu.onnx`` (which may not exist); None for a graph not
+    named as the TensorRT-target INT8 sibling of :func:`graph_paths`."""
+    graph_path = Path(graph_path)
+    if not graph_path.name.endswith(".int8.onnx"):
+        return None
+    fp32 = graph_path.with_name(graph_path.name[: -len(".int8.onnx")] + ".onnx")
+    return graph_paths(fp32, int8_target="cpu")["int8"]
+
+
+def fp32_sibling(graph_path: str | Path) -> Path | None:
+    """``model.fp16.onnx`` -> ``model.onnx`` (which may not exist); None for a graph not named as
+    the FP16 sibling of :func:`graph_paths`."""
+    graph_path = Path(graph_path)
+    if not graph_path.name.endswith(".fp16.onnx"):
+        return None
+    return graph_path.with_name(graph_path.name[: -len(".fp16.onnx")] + ".onnx")
+
+
+def graph_target(meta: ModelMetadata) -> str | None:
+    """``cpu`` or ``tensorrt`` for an INT8 graph (``extra["target"]``; INT8 graphs written before
+    targets existed are TensorRT's), None for FP32 / FP16 graphs, which serve every target."""
+    if meta.precision != "int8":
+        return None
+    return str(meta.extra.get("target", "tensorrt"))
 
 
 def calibration_manifest_path(graph_path: str | Path) -> Path:
@@ -372,6 +418,65 @@ def check_bundle(engine_path: str | Path, trt_version: str, gpu: dict[str, str],
     return sidecar
 
 
+# ------------------------------------------------------------------------- AOTInductor packages
+AOTI_FORMAT = "lcie_fast.aoti"
+AOTI_FORMAT_VERSION = 1
+AOTI_MODEL_NAME = "model"
+
+
+def read_aoti_info(path: str | Path) -> dict[str, Any]:
+    """The metadata JSON of a package's compiled model, without loading its library.
+
+    Returns:
+        torch's keys (``AOTI_DEVICE_KEY`` ...) and, for lcie-fast packages, ``METADATA_KEY``
+        decoded: ``{"format", "format_version", "metadata", "io", "build"}``.
+
+    Raises:
+        PackageError: not a zip archive, no AOTInductor model in it, or unreadable metadata.
+    """
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [name for name in archive.namelist()
+                     if f"/data/aotinductor/{AOTI_MODEL_NAME}/" in f"/{name}" and name.endswith("_metadata.json")]
+            if not names:
+                raise PackageError(f"{path}: no AOTInductor model '{AOTI_MODEL_NAME}' in the archive; .pt2 packages "
+                                f"are written by lcie-fast export --aoti")
+            info = json.loads(archive.read(sorted(names)[0]))
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise PackageError(f"{path} is not a valid .pt2 package (a zip archive): {err}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PackageError(f"{path}: the compiled model's metadata is not valid JSON: {err}") from None
+    if not isinstance(info, dict):
+        raise PackageError(f"{path}: the compiled model's metadata is not a JSON object")
+    if METADATA_KEY in info:
+        try:
+            info[METADATA_KEY] = json.loads(info[METADATA_KEY])
+        except (TypeError, json.JSONDecodeError) as err:
+            raise PackageError(f"{path}: '{METADATA_KEY}' metadata is not valid JSON: {err}") from None
+    return info
+
+
+def read_aoti_metadata(path: str | Path) -> ModelMetadata:
+    """The ModelMetadata embedded in a ``.pt2`` package by ``lcie-fast export --aoti``.
+
+    Raises:
+        PackageError: a damaged package.
+        MetadataError: a package without (or with malformed) lcie-fast metadata.
+    """
+    return _lcie_metadata(read_aoti_info(path), path)
+
+
+def _lcie_metadata(info: dict[str, Any], path: Any) -> ModelMetadata:
+    entry = info.get(METADATA_KEY)
+    if not isinstance(entry, dict) or entry.get("format") != AOTI_FORMAT:
+        raise MetadataError(f"{path} carries no '{METADATA_KEY}' metadata: it was not exported by lcie-fast")
+    try:
+        return ModelMetadata.from_dict(entry["metadata"])
+    except (KeyError, TypeError, MetadataError) as err:
+        raise MetadataError(f"{path}: '{METADATA_KEY}' metadata: {err}") from None
+
+
 # ------------------------------------------------------------------------------ any artefact
 def read_artifact_metadata(path: str | Path) -> ModelMetadata:
     """The metadata of a graph or an engine bundle (checkpoints: ``models.checkpoint``)."""
@@ -380,4 +485,6 @@ def read_artifact_metadata(path: str | Path) -> ModelMetadata:
         return read_onnx_metadata(path)
     if kind == "engine":
         return read_engine_metadata(path)
+    if kind == "aoti":
+        return read_aoti_metadata(path)
     raise MetadataError(f"{path}: checkpoints are read with lcie_fast.models.checkpoint.model_from_checkpoint")

@@ -158,17 +158,18 @@ def _model_and_meta(model_spec: str, num_classes: int | None):
 
 
 def bench_variants(model, meta, path: Path | None, device: str, onnx: str | None, engines: list[str],
-                   compile_: bool) -> list[Variant]:
+                   compile_: bool, aoti: Sequence[str] = (), allow_host_code: bool = False) -> list[Variant]:
     """Eager FP32 first (the baseline), then every backend that can run here."""
     from .artifacts import artifact_kind, graph_paths
     from .runtime.variants import backend_variants
 
     graphs = [path] if path is not None and artifact_kind(path) == "onnx" else []
-    if onnx:
-        graphs += graph_paths(onnx).values()
+    if onnx:  # the FP32 graph, its FP16 and INT8 siblings, and the CPU-target INT8 graph where they exist
+        graphs += [*graph_paths(onnx).values(), graph_paths(onnx, int8_target="cpu")["int8"]]
     bundles = ([path] if path is not None and artifact_kind(path) == "engine" else []) + list(engines)
+    packages = ([path] if path is not None and artifact_kind(path) == "aoti" else []) + list(aoti)
     return backend_variants(model, meta, device, graphs=graphs, engines=bundles, compile_=compile_,
-                            memory_formats=True)
+                            memory_formats=True, aoti=packages, allow_host_code=allow_host_code)
 
 
 def _bench_images(batch: int, size: int, device: str) -> torch.Tensor:
@@ -177,10 +178,11 @@ def _bench_images(batch: int, size: int, device: str) -> torch.Tensor:
 
 
 def _bench_memory_setup(model_spec: str, num_classes: int | None, device: str, onnx: str | None, engines: list[str],
-                        compile_: bool, index: int, label: str, batch: int):
+                        compile_: bool, index: int, label: str, batch: int, aoti: Sequence[str] = (),
+                        allow_host_code: bool = False):
     """:func:`peak_memory_in_subprocess` entry for ``bench``: the model loaded, variant ``index`` unbuilt."""
     model, meta, path = _model_and_meta(model_spec, num_classes)
-    variant = bench_variants(model, meta, path, device, onnx, engines, compile_)[index]
+    variant = bench_variants(model, meta, path, device, onnx, engines, compile_, aoti, allow_host_code)[index]
     if variant.label != label:
         raise RuntimeError(f"variant {index} is {variant.label!r} here, expected {label!r}")
     return variant.build, _bench_images(batch, meta.preprocess.input_size, device)
@@ -215,7 +217,8 @@ def run_bench(model_spec: str, *, batch_sizes: list[int], device: str | None = N
               onnx: str | None = None, engines: list[str] | None = None, data: str | None = None,
               compile_: bool = False, num_classes: int | None = None, workers: int | None = None,
               progress: bool = True, warmup: int = 2, noise_bound: float = NOISE_BOUND,
-              memory: bool | MemoryProbe = True, timer: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
+              memory: bool | MemoryProbe = True, timer: Callable[[], float] = time.perf_counter,
+              aoti: Sequence[str] = (), allow_host_code: bool = False) -> dict[str, Any]:
     """Measure every variant at every batch size; with ``data``, decoding and end-to-end tagging.
 
     Args:
@@ -245,7 +248,8 @@ def run_bench(model_spec: str, *, batch_sizes: list[int], device: str | None = N
     cuda = device.startswith("cuda")
     model, meta, path = _model_and_meta(model_spec, num_classes)
     size = meta.preprocess.input_size
-    variants = bench_variants(model, meta, path, device, onnx, engines or [], compile_)
+    variants = bench_variants(model, meta, path, device, onnx, engines or [], compile_, [str(a) for a in aoti],
+                              allow_host_code)
     largest = max(batch_sizes)
     skipped: dict[str, str] = {}
     memory_by_label: dict[str, dict[str, Any]] = {}
@@ -255,7 +259,8 @@ def run_bench(model_spec: str, *, batch_sizes: list[int], device: str | None = N
             return peak_memory_in_subprocess("lcie_fast.benchmark:_bench_memory_setup", {
                 "model_spec": model_spec, "num_classes": num_classes, "device": device, "onnx": onnx,
                 "engines": [str(e) for e in engines or []], "compile_": compile_, "index": index,
-                "label": variant.label, "batch": batch})
+                "label": variant.label, "batch": batch, "aoti": [str(a) for a in aoti],
+                "allow_host_code": allow_host_code})
     if probe is not None:
         # before this process holds every backend: each probe measures its backend alone
         for index, variant in enumerate(variants):

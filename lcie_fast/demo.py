@@ -6,7 +6,8 @@
    briefly: 256x256 input, heads trained on the frozen backbone's cached tokens, so it fits a
    few minutes on 2 CPU cores;
 3. evaluate on the validation split (Table 1 metrics, per-class AP) and fit per-class thresholds;
-4. export the ONNX FP32, FP16 and INT8 graphs (INT8 calibrated on training images) and score
+4. export the ONNX FP32, FP16 and INT8 graphs (INT8 for TensorRT and for ONNX Runtime's CPU
+   kernels, calibrated on training images) and score
    every backend for accuracy parity against eager FP32 on the validation images;
 5. tag the validation images to JSONL with the fastest backend that passed its gate;
 6. benchmark the CPU backends side by side with eager FP32, and decoding + end-to-end tagging.
@@ -124,7 +125,8 @@ def run_demo(args: DemoOptions | None = None) -> dict[str, Any]:
 
     _banner("4/6 export ONNX FP32 / FP16 / INT8 and score every backend against eager FP32")
     graphs_dir = output / "graphs"
-    export = export_graphs(checkpoint, graphs_dir / "model.onnx", calibration=CalibrationOptions(data=str(train_dir)))
+    export = export_graphs(checkpoint, graphs_dir / "model.onnx", int8_targets=("tensorrt", "cpu"),
+                           calibration=CalibrationOptions(data=str(train_dir)))
     report = check_parity(checkpoint, valid_dir, output / "parity", graphs=graphs_dir / "model.onnx", device="cpu",
                           batch_size=16)
     print(markdown_table(report))

@@ -27,8 +27,10 @@ def test_demo_runs_every_step_on_a_generated_set(tmp_path):
     valid_images = SYNTHETIC_SPLITS["valid"]
     assert summary["tagging"]["images"] == valid_images and summary["tagging"]["errors"] == 0
     assert {row["backend"].split(" (")[0] for row in summary["parity"]} >= {
-        "eager fp32", "onnxruntime fp32 graph", "onnxruntime fp16 graph", "onnxruntime int8 graph"}
-    for name in ("run/best.pt", "graphs/model.int8.onnx", "graphs/model.int8.calib.json", "parity/parity.md",
+        "eager fp32", "onnxruntime fp32 graph", "onnxruntime fp16 graph", "onnxruntime int8 graph",
+        "onnxruntime int8-cpu graph"}
+    for name in ("run/best.pt", "graphs/model.int8.onnx", "graphs/model.int8.calib.json", "graphs/model.int8-cpu.onnx",
+                 "parity/parity.md",
                  "parity/parity_scatter.png", "tags.jsonl", "bench/bench.md", "bench/bench.png", "thresholds.json"):
         assert (out / name).is_file(), name
     assert len((out / "tags.jsonl").read_text().splitlines()) == valid_images

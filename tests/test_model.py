@@ -321,3 +321,33 @@ def test_r101_448_flops_and_parameters_match_the_design():
     assert cost.params / 1e6 == pytest.approx(460.3, rel=0.005)
     assert cost.gflops == pytest.approx(147.9, rel=0.01)
     assert cost.backbone_gflops == pytest.approx(62.4, rel=0.01)
+
+
+@pytest.mark.parametrize("preset", ["lcie_tiny", "lcie_effl0_448"])
+def test_fold_batchnorm_keeps_the_logits_and_leaves_no_batchnorm(preset):
+    """Folded into the convolutions, BatchNorm (with timm's activation kept) gives the same logits."""
+    import copy
+
+    from lcie_fast.models.fused import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = create_model(preset, num_classes=5).eval()
+    for module in model.modules():  # statistics far from the identity, so a wrong fold shows
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    batchnorms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    activations = sum(isinstance(m, (torch.nn.ReLU, torch.nn.ReLU6)) for m in model.modules())
+    folded = copy.deepcopy(model)
+    assert fold_batchnorm(folded) == batchnorms > 0
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, (torch.nn.ReLU, torch.nn.ReLU6)) for m in folded.modules()) == activations
+    size = model.config.img_size
+    images = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        expected, actual = model(images), folded(images)
+    err = (actual - expected).abs()
+    print(f"{preset}: {batchnorms} folded, max |dlogit| {err.max():.2e}, mean {err.mean():.2e}")
+    assert err.max() <= 1e-4 * max(1.0, expected.abs().max().item())

@@ -11,7 +11,7 @@ from .. import benchmark
 def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="throughput of every backend that can run, against eager FP32",
                        description=benchmark.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="a preset (random weights), a checkpoint, an ONNX graph or an engine bundle")
+    p.add_argument("model", help="a preset (random weights), a checkpoint, an ONNX graph, an engine bundle or an AOTInductor package")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default: 1 16 64 on a GPU, 1 8 on the CPU")
     p.add_argument("--device", choices=["cpu", "cuda"])
     p.add_argument("--reps", type=int, default=10, help="timed calls per backend and batch, interleaved (default 10)")
@@ -23,6 +23,10 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
                    help="skip peak memory per backend (on the CPU: one fresh process per backend)")
     p.add_argument("--onnx", metavar="MODEL_ONNX", help="also run these graphs (model.onnx and its .fp16/.int8 siblings)")
     p.add_argument("--engines", nargs="*", default=[], help="also run these TensorRT bundles")
+    p.add_argument("--aoti", nargs="*", default=[], metavar="PT2", help="also run these AOTInductor packages")
+    p.add_argument("--allow-host-code", action="store_true",
+                   help="let AOTInductor packages and version-compatible TensorRT bundles run the native code they "
+                        "carry (only for files from a source you trust)")
     p.add_argument("--compile", action="store_true", help="also torch.compile (minutes of compilation)")
     p.add_argument("--data", help="a folder of images: decode alone and end-to-end tagging vs model-only")
     p.add_argument("--workers", type=int, help="decoder threads for --data")
@@ -42,7 +46,7 @@ def _run_bench_command(args: argparse.Namespace) -> int:
     report = run_bench(args.model, batch_sizes=batch_sizes, device=device, reps=args.reps, onnx=args.onnx,
                        engines=args.engines, data=args.data, compile_=args.compile, num_classes=args.num_classes,
                        workers=args.workers, warmup=args.warmup, noise_bound=args.noise_bound,
-                       memory=not args.no_memory)
+                       memory=not args.no_memory, aoti=args.aoti, allow_host_code=args.allow_host_code)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.md").write_text(markdown(report))

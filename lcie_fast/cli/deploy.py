@@ -24,7 +24,8 @@ def _add_calibration_args(p: argparse.ArgumentParser) -> None:
                    help="calibration images (INT8; FP16's range check uses the first 16). Calibration keeps "
                         "activations of every image in memory: lower it for large models")
     p.add_argument("--calib-seed", type=int, default=0, help="seed of the calibration draw")
-    p.add_argument("--calib-method", choices=["max", "entropy"], default="max")
+    p.add_argument("--calib-method", choices=["max", "entropy", "percentile"], default="max",
+                   help="INT8 activation calibration (percentile: --target cpu only)")
     p.add_argument("--int8-high-precision", choices=["fp32", "fp16"], default="fp32",
                    help="precision of the ops INT8 does not cover")
     p.add_argument("--int8-depthwise", action="store_true",
@@ -38,14 +39,25 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a checkpoint to ONNX (FP32, and FP16 / INT8 graphs)",
                        description="Export the inference path to ONNX (dynamic batch, metadata embedded), check it "
                                    "against eager PyTorch, and build the FP16 (ModelOpt AutoCast) and INT8 "
-                                   "(ModelOpt PTQ, explicit Q/DQ) graphs TensorRT compiles.")
+                                   "(ModelOpt PTQ, explicit Q/DQ) graphs TensorRT compiles; with --target cpu "
+                                   "an INT8 graph for ONNX Runtime's CPU kernels instead (or as well).")
     p.add_argument("checkpoint")
     p.add_argument("-o", "--output", required=True, help="the FP32 graph, e.g. model.onnx (siblings: .fp16/.int8)")
     p.add_argument("--fp16", action="store_true", help="also write the FP16 graph")
     p.add_argument("--int8", action="store_true", help="also write the INT8 graph (needs calibration images)")
+    p.add_argument("--target", nargs="+", choices=["tensorrt", "cpu"], default=["tensorrt"],
+                   help="who the INT8 graph is for: tensorrt (ModelOpt Q/DQ, model.int8.onnx) and / or cpu "
+                        "(ONNX Runtime static quantisation, model.int8-cpu.onnx; the onnxruntime backend runs "
+                        "it in place of model.int8.onnx)")
     _add_calibration_args(p)
     p.add_argument("--verify-data", metavar="SPEC", help="real images to compare the FP32 graph with eager on")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max |logit difference| of the FP32 graph")
+    p.add_argument("--aoti", action="store_true",
+                   help="also write an AOTInductor package model.pt2 beside the graph (torch.export + AOTInductor; "
+                        "runs without the model's code; minutes of compilation)")
+    p.add_argument("--aoti-device", default="cpu", help="device the package is compiled for: cpu or cuda[:N]")
+    p.add_argument("--aoti-precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--aoti-max-batch", type=int, default=64, help="largest batch of the package (dynamic from 1)")
     p.set_defaults(func=_run_export)
 
 
@@ -53,8 +65,18 @@ def _run_export(args: argparse.Namespace) -> int:
     from ..deploy.pipeline import export_graphs
     from ..io import write_json
 
-    summary = export_graphs(args.checkpoint, args.output, fp16=args.fp16, int8=args.int8, calibration=_calibration(args),
+    summary = export_graphs(args.checkpoint, args.output, fp16=args.fp16, int8=args.int8,
+                            int8_targets=tuple(dict.fromkeys(args.target)), calibration=_calibration(args),
                             verify_data=args.verify_data, tolerance=args.tolerance)
+    if args.aoti:
+        from ..deploy.aoti import export_aoti
+        from ..models.checkpoint import model_from_checkpoint
+
+        package = Path(args.output).with_suffix(".pt2")
+        model, meta = model_from_checkpoint(args.checkpoint)
+        summary["aoti"] = {"path": str(package), **export_aoti(model, meta, package, device=args.aoti_device,
+                                                               precision=args.aoti_precision,
+                                                               max_batch=args.aoti_max_batch)}
     report = Path(args.output).with_suffix(".export.json")
     write_json(summary, report)
     print(f"summary written to {report}")
@@ -70,6 +92,10 @@ def add_parity_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="labelled evaluation images")
     p.add_argument("--output", help="report folder (default: <checkpoint folder>/parity)")
     p.add_argument("--graphs", metavar="ONNX", help="an exported model.onnx with .fp16/.int8 siblings (default: export now)")
+    p.add_argument("--aoti", nargs="*", default=[], metavar="PT2", help="AOTInductor packages to score too")
+    p.add_argument("--allow-host-code", action="store_true",
+                   help="let AOTInductor packages and version-compatible TensorRT bundles run the native code they "
+                        "carry (only for files from a source you trust)")
     _add_calibration_args(p)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-images", type=int, default=0, help="score only the first N images (0 = all)")
@@ -92,8 +118,9 @@ def _run_parity(args: argparse.Namespace) -> int:
     out_dir = Path(args.output) if args.output else Path(args.checkpoint).parent / "parity"
     report = check_parity(args.checkpoint, args.data, out_dir, graphs=args.graphs, calibration=_calibration(args),
                           batch_size=args.batch_size, max_images=args.max_images, device=args.device,
-                          engines=args.engines, bf16=args.with_bf16, gates=parse_gates(args.gate),
-                          draws=args.bootstrap, progress=not args.no_progress)
+                          engines=args.engines, aoti=args.aoti, allow_host_code=args.allow_host_code,
+                          bf16=args.with_bf16, gates=parse_gates(args.gate), draws=args.bootstrap,
+                          progress=not args.no_progress)
     print(markdown_table(report))
     print(f"written: {', '.join(str(p) for p in report['written'].values())}")
     failed = [r.label for r in report["rows"] if not r.passed]

@@ -4,12 +4,19 @@
   reference run, so every node whose values exceed FP16's safe range (``data_max``) or whose
   weights would overflow stays FP32; :func:`fp16_report` counts them and the conversion checks
   that the FP16 graph's logits stay finite on those images.
-- INT8: ModelOpt ONNX post-training quantisation with explicit Q/DQ nodes, calibrated on real
-  images through the model's own preprocessing: symmetric (zero point 0), per-channel weights,
-  no int32 bias Q/DQ (what TensorRT 10 and 11 accept). :func:`qdq_report` checks all three.
+- INT8 for TensorRT (target ``tensorrt``, ``model.int8.onnx``): ModelOpt ONNX post-training
+  quantisation with explicit Q/DQ nodes, calibrated on real images through the model's own
+  preprocessing: symmetric (zero point 0), per-channel weights, no int32 bias Q/DQ (what
+  TensorRT 10 and 11 accept). :func:`qdq_report` checks all three.
+- INT8 for ONNX Runtime on the CPU (target ``cpu``, ``model.int8-cpu.onnx``): ONNX Runtime's own
+  static quantisation (:func:`quantize_int8_cpu`), whose Q/DQ placement (int32 bias, quantised
+  Add/Clip/Concat...) ORT's CPU provider fuses into integer kernels (QLinearConv, QLinearMatMul),
+  where it runs TensorRT's graph as dequantise + float ops, slower than FP32. Never given to TensorRT.
 
 The calibration set is drawn with a fixed seed; its manifest (files and sha256) is written
-beside each graph that used it.
+beside each graph that used it. Both INT8 graphs record their ``target`` and the sha256 of the
+FP32 graph they were made from (``extra["int8"]["source_sha256"]``): the ONNX Runtime backend
+swaps one for the other only when both came from the same FP32 graph.
 """
 
 from __future__ import annotations
@@ -179,7 +186,8 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: Cali
             nodes_to_exclude=[f"^{name}$" for name in kept] or None,
         )
     proto = onnx.load(str(out_path))
-    extra = {**meta.extra, "int8": {"method": method, "high_precision": high_precision,
+    extra = {**meta.extra, "target": "tensorrt",
+             "int8": {"method": method, "high_precision": high_precision, "source_sha256": sha256_file(fp32_path),
                                     "depthwise_kept_in_high_precision": len(kept),
                                     "calibration_images": calibration.manifest["count"],
                                     "calibration_seed": calibration.manifest["seed"]}}
@@ -191,6 +199,154 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: Cali
     if report["problems"]:
         raise ExportError(f"{out_path}: not a TensorRT-ready Q/DQ graph: " + "; ".join(report["problems"]))
     return report
+
+
+# Ops the CPU graph keeps in float. LayerNorm and the attention softmax: their outputs feed
+# normalised, small-range values whose per-tensor 8-bit steps cost accuracy while the ops
+# themselves are a sliver of the time. Measured on the edge preset at 448 (held-out slice of
+# traffic5/train, 64 images): every op quantised, mean cosine 0.9969; these kept in float with
+# the stem conv and the logit projection, 0.9977 at the same speed; only Conv/MatMul/Gemm
+# quantised, 0.984 and slower than FP32 (a Q/DQ pair around every Clip/Add breaks ORT's fusions).
+CPU_FLOAT_OP_TYPES = ("LayerNormalization", "Softmax")
+CPU_CALIBRATION_METHODS = {"max": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+
+
+def cpu_float_nodes(path: str | Path) -> list[str]:
+    """Names of the nodes :func:`quantize_int8_cpu` keeps in float: every LayerNorm and Softmax,
+    the first Conv (the stem reads the normalised image, whose full range 8 bits cut coarsely)
+    and the last MatMul/Gemm (it writes the logits every gate compares)."""
+    onnx = require("onnx", "inspecting ONNX graphs")
+    nodes = onnx.load(str(path), load_external_data=False).graph.node
+    kept = [n.name for n in nodes if n.op_type in CPU_FLOAT_OP_TYPES]
+    convs = [n.name for n in nodes if n.op_type == "Conv"]
+    projections = [n.name for n in nodes if n.op_type in ("MatMul", "Gemm")]
+    return kept + convs[:1] + projections[-1:]
+
+
+def quantize_int8_cpu(fp32_path: str | Path, out_path: str | Path, calibration: CalibrationSet, *,
+                      method: str = "max", reduce_range: bool | None = None, quant_format: str = "qdq",
+                      batch_size: int = 8) -> dict[str, Any]:
+    """INT8 graph for ONNX Runtime's CPU kernels, by ORT static quantisation on ``calibration``.
+
+    uint8 asymmetric activations and int8 symmetric per-channel weights (the U8S8 kernels ORT
+    runs fastest on x86), int32 bias; :func:`cpu_float_nodes` stay float. Returns
+    :func:`cpu_int8_report` of the graph.
+
+    Args:
+        fp32_path: The exported FP32 graph.
+        out_path: Where the INT8 graph goes (``model.int8-cpu.onnx``).
+        calibration: Real images through the model's preprocessing (the TensorRT graph's set).
+        method: Activation calibration: ``max`` (MinMax), ``entropy`` or ``percentile``.
+        reduce_range: 7-bit weights, so ORT's int8 kernels cannot saturate on CPUs without VNNI
+            (default: on exactly when this CPU lacks VNNI). A graph built without it runs
+            unfused (ORT_ENABLE_BASIC) on a CPU without VNNI (:mod:`lcie_fast.runtime.onnxruntime`).
+        quant_format: ``qdq`` (Q/DQ pairs ORT fuses) or ``qoperator`` (QLinearConv... directly).
+        batch_size: Images per calibration run.
+
+    Raises:
+        ExportError: the graph has no integer compute node or gives non-finite logits.
+    """
+    onnx = require("onnx", "INT8 quantisation")
+    require("onnxruntime.quantization", "INT8 quantisation for the CPU (ONNX Runtime)")
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from ..cpu import cpu_has_vnni
+
+    if method not in CPU_CALIBRATION_METHODS:
+        raise ValueError(f"method must be one of {tuple(CPU_CALIBRATION_METHODS)}, got {method!r}")
+    if quant_format not in ("qdq", "qoperator"):
+        raise ValueError(f"quant_format must be qdq or qoperator, got {quant_format!r}")
+    reduce_range = not cpu_has_vnni() if reduce_range is None else reduce_range
+    out_path = Path(out_path)
+    meta = read_onnx_metadata(fp32_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        images = Path(tmp) / "calibration.npy"
+        np.save(images, calibration.images)
+        # A fresh process: importing ModelOpt (the TensorRT graph) patches ORT's calibrators for
+        # the rest of the process, and patched, quantize_static drops activation ranges.
+        with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+            kept = pool.submit(_ort_quantize_static, str(fp32_path), str(out_path), str(images), method,
+                               quant_format, reduce_range, batch_size).result()
+    proto = onnx.load(str(out_path))
+    extra = {**meta.extra, "target": "cpu",
+             "int8": {"method": method, "format": quant_format, "reduce_range": reduce_range,
+                      "activations": "uint8 asymmetric, per tensor", "weights": "int8 symmetric, per channel",
+                      "kept_float": kept, "source_sha256": sha256_file(fp32_path),
+                      "calibration_images": calibration.manifest["count"],
+                      "calibration_seed": calibration.manifest["seed"]}}
+    write_onnx_metadata(proto, dataclasses.replace(meta, precision="int8", extra=extra))
+    onnx.save(proto, str(out_path))
+    onnx.checker.check_model(str(out_path))
+    write_json(calibration.manifest, calibration_manifest_path(out_path))
+    report = cpu_int8_report(out_path)
+    if not report["integer_compute"]:
+        raise ExportError(f"{out_path}: no Conv/MatMul/Gemm was quantised")
+    logits = ort_session(out_path).run([OUTPUT_NAME], {INPUT_NAME: calibration.images[:batch_size]})[0]
+    if not np.isfinite(logits).all():
+        raise ExportError(f"{out_path}: the CPU INT8 graph gives non-finite logits on calibration images")
+    return report
+
+
+def _ort_quantize_static(fp32_path: str, out_path: str, images_path: str, method: str, quant_format: str,
+                         reduce_range: bool, batch_size: int) -> list[str]:
+    """:func:`quantize_int8_cpu`'s ORT call (run in a child process); returns the nodes kept float."""
+    from onnxruntime import quantization
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    images = np.load(images_path)  # (N, 3, S, S) float32
+    batches = iter([{INPUT_NAME: images[i:i + batch_size]} for i in range(0, len(images), batch_size)])
+
+    class Reader(quantization.CalibrationDataReader):
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(batches, None)
+
+    formats = {"qdq": quantization.QuantFormat.QDQ, "qoperator": quantization.QuantFormat.QOperator}
+    with tempfile.TemporaryDirectory() as tmp, _quiet_logging():
+        prepared = str(Path(tmp) / "prepared.onnx")
+        # shape inference + constant folding ORT recommends; its symbolic pass crashes on this graph (notes)
+        quant_pre_process(fp32_path, prepared, skip_symbolic_shape=True)
+        kept = cpu_float_nodes(prepared)
+        quantization.quantize_static(
+            prepared, out_path, Reader(), quant_format=formats[quant_format], per_channel=True,
+            reduce_range=reduce_range, activation_type=quantization.QuantType.QUInt8,
+            weight_type=quantization.QuantType.QInt8, nodes_to_exclude=kept,
+            calibrate_method=getattr(quantization.CalibrationMethod, CPU_CALIBRATION_METHODS[method]),
+        )
+    return kept
+
+
+@contextlib.contextmanager
+def _quiet_logging():
+    """ORT's quantiser warns through the root logger for every LayerNorm weight it skips per channel."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def cpu_int8_report(path: str | Path) -> dict[str, Any]:
+    """Integer compute of a CPU-target INT8 graph: Conv/MatMul/Gemm that run on int8 (QLinear*
+    / *Integer operators, or fed only by DequantizeLinear in Q/DQ form) and those left in float."""
+    onnx = require("onnx", "inspecting ONNX graphs")
+
+    nodes = onnx.load(str(path), load_external_data=False).graph.node
+    producers = {out: n for n in nodes for out in n.output}
+    integer, floating = {}, {}
+    for node in nodes:
+        if node.op_type in ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm"):
+            integer[node.op_type] = integer.get(node.op_type, 0) + 1
+        elif node.op_type in ("Conv", "MatMul", "Gemm"):
+            fed = [producers.get(name) for name in node.input[:2]]
+            quantised = all(p is not None and p.op_type == "DequantizeLinear" for p in fed)
+            bucket = integer if quantised else floating
+            bucket[node.op_type] = bucket.get(node.op_type, 0) + 1
+    return {"quantize_nodes": sum(n.op_type == "QuantizeLinear" for n in nodes),
+            "dequantize_nodes": sum(n.op_type == "DequantizeLinear" for n in nodes),
+            "integer_compute": integer, "float_compute": floating}
 
 
 def fp16_report(path: str | Path) -> dict[str, Any]:

@@ -71,7 +71,8 @@ def parse_gates(overrides: Sequence[str]) -> dict[str, dict[str, float]]:
 def check_parity(checkpoint: str | Path, data_spec: str | Path, out_dir: str | Path, *,
                  graphs: str | Path | None = None, calibration: CalibrationOptions | None = None,
                  batch_size: int = 16, max_images: int = 0, device: str | None = None,
-                 engines: Sequence[str | Path] = (), bf16: bool = False,
+                 engines: Sequence[str | Path] = (), aoti: Sequence[str | Path] = (), allow_host_code: bool = False,
+                 bf16: bool = False,
                  gates: dict[str, dict[str, float]] | None = None, draws: int = 1000,
                  progress: bool = True) -> dict[str, Any]:
     """Score every backend of a checkpoint against its eager FP32 on labelled images; write the report.
@@ -85,6 +86,8 @@ def check_parity(checkpoint: str | Path, data_spec: str | Path, out_dir: str | P
         batch_size, max_images: Batch of every backend; score only the first N images (0: all).
         device: ``cpu`` or ``cuda`` (default: a GPU when visible).
         engines: TensorRT bundles to score too.
+        aoti: AOTInductor packages (``.pt2``) to score too.
+        allow_host_code: Let those packages (and version-compatible bundles) run the native code they carry.
         bf16: Also score eager BF16 autocast on the CPU.
         gates, draws, progress: as :func:`run_parity`.
 
@@ -105,14 +108,15 @@ def check_parity(checkpoint: str | Path, data_spec: str | Path, out_dir: str | P
             raise InputNotFoundError(f"--graphs {graphs}: missing {missing} (create them with lcie-fast export --fp16 --int8)")
     else:
         paths = graph_paths(out_dir / "graphs" / "model.onnx")
-        export_graphs(checkpoint, paths["fp32"], calibration=calibration)
+        export_graphs(checkpoint, paths["fp32"], int8_targets=("tensorrt", "cpu"), calibration=calibration)
     model, meta = model_from_checkpoint(checkpoint)
     data = load_data_spec(str(data_spec), label_names=meta.label_names)
     if max_images:
         data = data.subset(range(min(max_images, len(data))))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    variants = backend_variants(model, meta, device, graphs=paths, engines=engines, compile_=device.startswith("cuda"),
-                                bf16=bf16)
+    graphs = [*paths.values(), graph_paths(paths["fp32"], int8_target="cpu")["int8"]]  # missing ones are left out
+    variants = backend_variants(model, meta, device, graphs=graphs, engines=engines, compile_=device.startswith("cuda"),
+                                bf16=bf16, aoti=aoti, allow_host_code=allow_host_code)
     report = run_parity(variants, data, Preprocess(meta.preprocess), batch_size=batch_size, gates=gates,
                         progress=progress, draws=draws)
     report["written"] = write_report(report, out_dir)

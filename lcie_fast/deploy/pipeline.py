@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..artifacts import graph_paths
+from ..artifacts import INT8_TARGETS, graph_paths
 from ..errors import InvalidInputError
 
 
@@ -20,11 +20,13 @@ from ..errors import InvalidInputError
 class CalibrationOptions:
     """Which real images calibrate the FP16 and INT8 graphs, and how INT8 is quantised.
 
+    The CPU-target INT8 graph uses the same images (and manifest) as the TensorRT-target one.
+
     Attributes:
         data: Calibration images (a data spec; default: the checkpoint's training data).
         images: Images drawn for INT8 calibration (their activations are all kept in memory).
         seed: Seed of the draw.
-        method: INT8 calibration: ``max`` or ``entropy``.
+        method: INT8 calibration: ``max`` or ``entropy`` (both targets); ``percentile`` (CPU target only).
         int8_high_precision: Precision of the ops INT8 does not cover.
         quantize_depthwise: Also quantise depthwise convolutions (kept in high precision by default).
         fp16_reference_images: Images FP16's range check runs (it keeps every activation).
@@ -33,15 +35,16 @@ class CalibrationOptions:
     data: str | None = None
     images: int = 64
     seed: int = 0
-    method: Literal["max", "entropy"] = "max"
+    method: Literal["max", "entropy", "percentile"] = "max"
     int8_high_precision: Literal["fp32", "fp16"] = "fp32"
     quantize_depthwise: bool = False
     fp16_reference_images: int = 16
 
 
 def export_graphs(checkpoint: str | Path, onnx_path: str | Path, *, fp16: bool = True, int8: bool = True,
-                  calibration: CalibrationOptions | None = None, verify_data: str | None = None,
-                  verify_images: int = 16, tolerance: float = 1e-4, log=print) -> dict[str, Any]:
+                  int8_targets: tuple[str, ...] = ("tensorrt",), calibration: CalibrationOptions | None = None,
+                  verify_data: str | None = None, verify_images: int = 16, tolerance: float = 1e-4,
+                  log=print) -> dict[str, Any]:
     """Export a checkpoint to the FP32 graph and (optionally) its FP16 and INT8 graphs.
 
     The FP32 graph is compared with eager PyTorch on real images (``verify_data``, else the
@@ -52,6 +55,8 @@ def export_graphs(checkpoint: str | Path, onnx_path: str | Path, *, fp16: bool =
         checkpoint: The ``.pt`` checkpoint to export.
         onnx_path: The FP32 graph's path; the FP16 / INT8 graphs are its siblings (:func:`graph_paths`).
         fp16, int8: Also write the FP16 / INT8 graph.
+        int8_targets: Which INT8 graphs: ``tensorrt`` (ModelOpt Q/DQ, ``model.int8.onnx``) and / or
+            ``cpu`` (ONNX Runtime static quantisation, ``model.int8-cpu.onnx``).
         calibration: Calibration images and quantisation settings (default :class:`CalibrationOptions`).
         verify_data, verify_images: Real images to compare the FP32 graph with eager on.
         tolerance: Largest max |logit difference| of the FP32 graph to eager.
@@ -62,8 +67,13 @@ def export_graphs(checkpoint: str | Path, onnx_path: str | Path, *, fp16: bool =
     from ..data.transforms import Preprocess
     from ..models.checkpoint import model_from_checkpoint
     from .export import ExportError, compare_with_eager, export_onnx
-    from .graphs import calibration_set, convert_fp16, quantize_int8
+    from .graphs import calibration_set, convert_fp16, quantize_int8, quantize_int8_cpu
 
+    unknown = [t for t in int8_targets if t not in INT8_TARGETS]
+    if unknown or not int8_targets:
+        raise InvalidInputError(f"int8 targets {list(int8_targets)}: expected one or more of {INT8_TARGETS}")
+    if opts.method == "percentile" and int8 and "tensorrt" in int8_targets:
+        raise InvalidInputError("calibration method percentile is for the cpu target only (ModelOpt: max or entropy)")
     model, meta = model_from_checkpoint(checkpoint)
     preprocess = Preprocess(meta.preprocess)
     paths = graph_paths(onnx_path)
@@ -103,11 +113,17 @@ def export_graphs(checkpoint: str | Path, onnx_path: str | Path, *, fp16: bool =
         summary["graphs"]["fp16"], summary["fp16"] = str(paths["fp16"]), report
         log(f"FP16 graph -> {paths['fp16']}: {report['fp16_nodes']} of {report['compute_nodes']} compute nodes in "
             f"FP16, kept FP32: {report['kept_fp32'] or 'none'}; I/O {report['io']}")
-    if int8:
+    if int8 and "tensorrt" in int8_targets:
         report = quantize_int8(paths["fp32"], paths["int8"], calibration, method=opts.method,
                                high_precision=opts.int8_high_precision, quantize_depthwise=opts.quantize_depthwise)
         summary["graphs"]["int8"], summary["int8"] = str(paths["int8"]), report
         log(f"INT8 graph -> {paths['int8']}: {report['quantize_nodes']} Q / {report['dequantize_nodes']} DQ nodes, "
             f"quantised {report['quantized_compute']}, {report['per_channel_weights']} per-channel weights, "
             f"symmetric, no int32 bias")
+    if int8 and "cpu" in int8_targets:
+        path = graph_paths(onnx_path, int8_target="cpu")["int8"]
+        report = quantize_int8_cpu(paths["fp32"], path, calibration, method=opts.method)
+        summary["graphs"]["int8-cpu"], summary["int8-cpu"] = str(path), report
+        log(f"CPU INT8 graph -> {path}: {report['quantize_nodes']} Q / {report['dequantize_nodes']} DQ nodes, "
+            f"integer {report['integer_compute']}, float {report['float_compute']}")
     return summary

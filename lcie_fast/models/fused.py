@@ -136,3 +136,59 @@ def fuse_for_inference(model: LCIE) -> LCIE:
     # in place, as torch.nn.utils.parametrize swaps a module's class: callers keep their reference
     model.__class__ = FusedLCIE
     return model
+
+
+def fold_batchnorm(model: nn.Module, example: torch.Tensor | None = None) -> int:
+    """Fold every eval-mode BatchNorm that directly follows a convolution into that convolution.
+
+    ``y = gamma * (conv(x) - mean) / sqrt(var + eps) + beta`` is one convolution with scaled
+    weights and a new bias, so the BatchNorm pass over the activations (a quarter of the CPU
+    time of the EfficientNet backbone in eager mode) disappears; ONNX Runtime does the same to
+    the exported graph. A timm ``BatchNormAct2d`` keeps its dropout and activation. Pairs are
+    found by running ``example`` (default: one zero image at the model's input size) and
+    matching each BatchNorm's input tensor to the output of the convolution that produced it.
+
+    Only for inference (the model is put in eval mode); in place. Returns how many were folded.
+    """
+    model.eval()
+    if example is None:
+        size = model.config.img_size if getattr(model, "config", None) is not None else 224
+        parameter = next(model.parameters())
+        example = torch.zeros(1, 3, size, size, device=parameter.device, dtype=parameter.dtype)
+    produced_by: dict[int, nn.Conv2d] = {}
+    pairs: list[tuple[nn.Conv2d, str, nn.BatchNorm2d]] = []
+    names = {module: name for name, module in model.named_modules()}
+
+    def after_conv(conv, _inputs, output):
+        produced_by[id(output)] = (conv, output)
+
+    def before_bn(bn, inputs):
+        source = produced_by.get(id(inputs[0]))
+        if source is not None and source[1] is inputs[0] and bn.track_running_stats and bn.running_var is not None:
+            pairs.append((source[0], names[bn], bn))
+
+    hooks = [m.register_forward_hook(after_conv) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    hooks += [m.register_forward_pre_hook(before_bn) for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    convs = [conv for conv, _, _ in pairs]
+    folded = 0
+    for conv, name, bn in pairs:
+        if convs.count(conv) != 1:  # a convolution read by two BatchNorms cannot take both
+            continue
+        folded += 1
+        with torch.no_grad():
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1 / torch.sqrt(bn.running_var + bn.eps)
+            shift = (bn.bias if bn.affine else 0) - bn.running_mean * scale
+            conv.weight.mul_(scale.reshape(-1, *([1] * (conv.weight.dim() - 1))))
+            bias = shift if conv.bias is None else conv.bias * scale + shift
+            conv.bias = nn.Parameter(bias.to(conv.weight.dtype))
+        rest = [child for child_name, child in bn.named_children() if child_name in ("drop", "act")]
+        replacement = nn.Sequential(*rest) if rest else nn.Identity()
+        parent_name, _, attribute = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, attribute, replacement)
+    return folded

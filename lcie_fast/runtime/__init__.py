@@ -2,7 +2,7 @@
 
 A backend takes a normalised float32 (N, 3, S, S) batch and returns (N, C) logits
 (:class:`~lcie_fast.runtime.base.Backend`). :func:`open_backend` picks the best backend that can
-run a checkpoint, an ONNX graph or an engine bundle here (or the one asked for), and
+run a checkpoint, an ONNX graph, an AOTInductor package or an engine bundle here (or the one asked for), and
 :func:`~lcie_fast.runtime.variants.backend_variants` lists every backend worth comparing for
 benchmarks and parity. The tagger, ``bench``, ``parity`` and the demo all go through these two.
 """
@@ -15,7 +15,7 @@ from typing import Any
 from ..artifacts import artifact_kind
 from .base import Backend, BackendError
 
-BACKENDS = ("auto", "tensorrt", "compiled", "eager", "onnxruntime")
+BACKENDS = ("auto", "tensorrt", "compiled", "eager", "onnxruntime", "aoti")
 
 __all__ = ["BACKENDS", "Backend", "BackendError", "open_backend"]
 
@@ -25,22 +25,26 @@ def open_backend(model: str | Path | Any, backend: str = "auto", device: str | N
                  cuda_graphs: bool = False, allow_host_code: bool = False) -> Backend:
     """The named backend, or the first of the ``auto`` order that builds here.
 
-    ``auto`` order: TensorRT for engine bundles, ONNX Runtime for graphs; for checkpoints (and
-    in-memory models) torch.compile on a GPU, eager on a GPU, eager on the CPU.
+    ``auto`` order: TensorRT for engine bundles, ONNX Runtime for graphs, AOTInductor for
+    ``.pt2`` packages; for checkpoints (and in-memory models) torch.compile on a GPU, eager on a
+    GPU, eager on the CPU.
 
     Args:
-        model: A ``.pt`` checkpoint, an ``.onnx`` graph exported by lcie-fast, an ``.engine``
-            bundle, or an in-memory LCIE model (then ``meta`` is required).
-        backend: ``auto``, ``tensorrt``, ``compiled``, ``eager`` or ``onnxruntime``.
-        device: ``cpu`` or ``cuda[:N]`` (default: a GPU when visible, for torch backends).
+        model: A ``.pt`` checkpoint, an ``.onnx`` graph or a ``.pt2`` AOTInductor package exported
+            by lcie-fast, an ``.engine`` bundle, or an in-memory LCIE model (then ``meta`` is required).
+        backend: ``auto`` (for an ``.onnx`` graph: the sibling graph suited to the CPU, see
+            :mod:`lcie_fast.runtime.onnxruntime`), ``tensorrt``, ``compiled``, ``eager``, ``onnxruntime`` or ``aoti``.
+        device: ``cpu`` or ``cuda[:N]`` (default: a GPU when visible, for torch backends; the
+            device it was compiled for, for ``.pt2`` packages).
         meta: The metadata of an in-memory ``model``.
         precision: For torch backends: ``fp32``, ``fp16`` or ``bf16`` (default fp16 on a GPU,
-            fp32 on the CPU). Graphs and engines carry their own precision.
+            fp32 on the CPU). Graphs, packages and engines carry their own precision.
         fast_ops: ``auto`` (fused projections and kernels) or ``ref`` for torch backends.
         channels_last: Torch backends run channels-last (else contiguous NCHW).
         cuda_graphs: ``compiled`` on a GPU also captures CUDA graphs.
-        allow_host_code: Let a version-compatible TensorRT bundle run the host code embedded in
-            it (only for bundles from a source you trust; refused otherwise, with the reason).
+        allow_host_code: Let a version-compatible TensorRT bundle, or an AOTInductor package (a
+            native library), run the host code embedded in it (only for files from a source you
+            trust; refused otherwise, with the reason).
 
     Raises:
         FileNotFoundError: ``model`` is a path that does not exist.
@@ -67,6 +71,8 @@ def open_backend(model: str | Path | Any, backend: str = "auto", device: str | N
         order = ["tensorrt"]
     elif kind == "onnx":
         order = ["onnxruntime"]
+    elif kind == "aoti":
+        order = ["aoti"]
     else:
         candidates = ([("compiled", "cuda"), ("eager", "cuda")] if torch.cuda.is_available() else []) + [("eager", "cpu")]
         order = [name for name, dev in candidates if device is None or dev == device.split(":")[0]]
@@ -76,7 +82,7 @@ def open_backend(model: str | Path | Any, backend: str = "auto", device: str | N
     for name in order:
         try:
             return _make(model, kind, name, device, meta, precision, fast_ops, channels_last, cuda_graphs,
-                         allow_host_code)
+                         allow_host_code, as_given=backend != "auto")
         except (BackendError, ImportError, RuntimeError) as err:
             errors.append(f"{name}: {err or type(err).__name__}")
     where = model if kind != "module" else "this model"
@@ -84,7 +90,7 @@ def open_backend(model: str | Path | Any, backend: str = "auto", device: str | N
 
 
 def _make(model: Any, kind: str, name: str, device: str | None, meta: Any, precision: str | None,
-          fast_ops: str, channels_last: bool, cuda_graphs: bool, allow_host_code: bool) -> Backend:
+          fast_ops: str, channels_last: bool, cuda_graphs: bool, allow_host_code: bool, as_given: bool) -> Backend:
     import torch
 
     if name == "tensorrt":
@@ -99,7 +105,15 @@ def _make(model: Any, kind: str, name: str, device: str | None, meta: Any, preci
             raise BackendError("onnxruntime runs .onnx graphs: export one with lcie-fast export")
         from .onnxruntime import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(model)
+        # auto: the sibling suited to a CPU (CPU-target INT8 for TensorRT's, FP32 for FP16);
+        # asked for by name: the file as given
+        return OnnxRuntimeBackend(model, prefer_cpu_graph=not as_given)
+    if name == "aoti":
+        if kind != "aoti":
+            raise BackendError("aoti runs .pt2 AOTInductor packages: export one with lcie-fast export --aoti")
+        from .aoti import AotiBackend
+
+        return AotiBackend(model, device, allow_host_code=allow_host_code)
     if kind not in ("checkpoint", "module"):
         raise BackendError(f"{name} runs checkpoints (.pt), not {model.suffix} files")
     from .torch_backends import CompiledBackend, EagerBackend

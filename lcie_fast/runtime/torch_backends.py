@@ -24,7 +24,8 @@ class EagerBackend(Backend):
         device: ``cpu`` or ``cuda[:N]``.
         precision: ``fp32``, or ``fp16`` / ``bf16`` through autocast (weights stay FP32).
         channels_last: Model and inputs in channels-last memory format.
-        fast_ops: ``ref`` (plain PyTorch), or ``auto``: the fused token projections
+        fast_ops: ``ref`` (plain PyTorch), or ``auto``: BatchNorm folded into the convolutions
+            (:func:`~lcie_fast.models.fused.fold_batchnorm`), the fused token projections
             (:func:`~lcie_fast.models.fused.fuse_for_inference`) and the Triton / CUDA kernels
             wherever they can run.
     """
@@ -50,8 +51,9 @@ class EagerBackend(Backend):
             raise BackendError(f"{self.name}: fast_ops must be ref or auto, got {fast_ops!r}")
         self.fast_ops = fast_ops
         if fast_ops == "auto":
-            from ..models.fused import fuse_for_inference
+            from ..models.fused import fold_batchnorm, fuse_for_inference
 
+            fold_batchnorm(self.model)  # BatchNorm into the convolution before it (inference only)
             fuse_for_inference(self.model)
             self.name = f"{self.name}+fast-ops"
         self.runner: Any = self.model
