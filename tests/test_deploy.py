@@ -98,6 +98,19 @@ def test_fp16_graph_keeps_fp32_io_and_runs_fp16(exported, shapes):
     assert np.isfinite(result["max_abs"]) and result["max_abs"] < 0.05
 
 
+def test_the_cpu_never_runs_an_fp16_graph_by_default(exported):
+    """auto opens the FP32 sibling of an FP16 graph on a CPU (FP16 is slower there), and says so;
+    the graph asked for by name runs as given."""
+    from lcie_fast.runtime import open_backend
+
+    _, folder, _ = exported
+    auto = open_backend(folder / "model.fp16.onnx")
+    assert auto.precision == "fp32" and auto.path == folder / "model.onnx"
+    assert "model.onnx for model.fp16.onnx" in auto.label
+    named = open_backend(folder / "model.fp16.onnx", "onnxruntime")
+    assert named.precision == "fp16" and named.path == folder / "model.fp16.onnx"
+
+
 def test_int8_graph_is_tensorrt_shaped(exported):
     import onnx
     from onnx import TensorProto, numpy_helper

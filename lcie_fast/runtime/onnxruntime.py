@@ -139,7 +139,7 @@ class OnnxRuntimeBackend(Backend):
     @property
     def label(self) -> str:
         target = f", {self.target}-target graph" if self.target else ""
-        swapped = f" {self.path.name} for {self.requested.name}" if self.path != self.requested else ""
+        swapped = "" if self.path == self.requested else f"{' ' if target else ', '}{self.path.name} for {self.requested.name}"
         level = ", ORT_ENABLE_BASIC (no VNNI)" if self.basic_optimizations else ""
         return f"{self.name} {self.precision} (cpu{target}{swapped}{level})"
 
