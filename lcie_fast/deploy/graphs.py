@@ -171,7 +171,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: Cali
     Raises:
         ExportError: the graph breaks a TensorRT rule (asymmetric, per-tensor weights, int32 bias).
     """
-    onnx = require("onnx", "INT8 quantisation")
+    require("onnx", "INT8 quantisation")
     require("modelopt.onnx", "INT8 quantisation (ModelOpt PTQ)")
     from modelopt.onnx.quantization import quantize
 
@@ -185,16 +185,8 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: Cali
             high_precision_dtype=high_precision, log_level="WARNING",
             nodes_to_exclude=[f"^{name}$" for name in kept] or None,
         )
-    proto = onnx.load(str(out_path))
-    extra = {**meta.extra, "target": "tensorrt",
-             "int8": {"method": method, "high_precision": high_precision, "source_sha256": sha256_file(fp32_path),
-                                    "depthwise_kept_in_high_precision": len(kept),
-                                    "calibration_images": calibration.manifest["count"],
-                                    "calibration_seed": calibration.manifest["seed"]}}
-    write_onnx_metadata(proto, dataclasses.replace(meta, precision="int8", extra=extra))
-    onnx.save(proto, str(out_path))
-    onnx.checker.check_model(str(out_path))
-    write_json(calibration.manifest, calibration_manifest_path(out_path))
+    _finish_int8_graph(out_path, fp32_path, meta, calibration, "tensorrt",
+                       {"method": method, "high_precision": high_precision, "depthwise_kept_in_high_precision": len(kept)})
     report = qdq_report(out_path)
     if report["problems"]:
         raise ExportError(f"{out_path}: not a TensorRT-ready Q/DQ graph: " + "; ".join(report["problems"]))
@@ -246,7 +238,7 @@ def quantize_int8_cpu(fp32_path: str | Path, out_path: str | Path, calibration: 
     Raises:
         ExportError: the graph has no integer compute node or gives non-finite logits.
     """
-    onnx = require("onnx", "INT8 quantisation")
+    require("onnx", "INT8 quantisation")
     require("onnxruntime.quantization", "INT8 quantisation for the CPU (ONNX Runtime)")
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
@@ -268,17 +260,10 @@ def quantize_int8_cpu(fp32_path: str | Path, out_path: str | Path, calibration: 
         with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
             kept = pool.submit(_ort_quantize_static, str(fp32_path), str(out_path), str(images), method,
                                quant_format, reduce_range, batch_size).result()
-    proto = onnx.load(str(out_path))
-    extra = {**meta.extra, "target": "cpu",
-             "int8": {"method": method, "format": quant_format, "reduce_range": reduce_range,
-                      "activations": "uint8 asymmetric, per tensor", "weights": "int8 symmetric, per channel",
-                      "kept_float": kept, "source_sha256": sha256_file(fp32_path),
-                      "calibration_images": calibration.manifest["count"],
-                      "calibration_seed": calibration.manifest["seed"]}}
-    write_onnx_metadata(proto, dataclasses.replace(meta, precision="int8", extra=extra))
-    onnx.save(proto, str(out_path))
-    onnx.checker.check_model(str(out_path))
-    write_json(calibration.manifest, calibration_manifest_path(out_path))
+    _finish_int8_graph(out_path, fp32_path, meta, calibration, "cpu",
+                       {"method": method, "format": quant_format, "reduce_range": reduce_range,
+                        "activations": "uint8 asymmetric, per tensor", "weights": "int8 symmetric, per channel",
+                        "kept_float": kept})
     report = cpu_int8_report(out_path)
     if not report["integer_compute"]:
         raise ExportError(f"{out_path}: no Conv/MatMul/Gemm was quantised")
@@ -429,3 +414,18 @@ def qdq_report(path: str | Path) -> dict[str, Any]:
     return {"quantize_nodes": sum(n.op_type == "QuantizeLinear" for n in q_nodes),
             "dequantize_nodes": sum(n.op_type == "DequantizeLinear" for n in q_nodes),
             "quantized_compute": quantized, "per_channel_weights": per_channel, "problems": problems}
+
+
+def _finish_int8_graph(out_path: Path, fp32_path: Path, meta: Any, calibration: Any, target: str,
+                       settings: dict[str, Any]) -> None:
+    """Embed an INT8 graph's metadata (its target, settings, source graph and calibration), check
+    the graph and write its calibration manifest beside it."""
+    onnx = require("onnx", "writing INT8 graphs")
+    proto = onnx.load(str(out_path))
+    extra = {**meta.extra, "target": target,
+             "int8": {**settings, "source_sha256": sha256_file(fp32_path),
+                      "calibration_images": calibration.manifest["count"], "calibration_seed": calibration.manifest["seed"]}}
+    write_onnx_metadata(proto, dataclasses.replace(meta, precision="int8", extra=extra))
+    onnx.save(proto, str(out_path))
+    onnx.checker.check_model(str(out_path))
+    write_json(calibration.manifest, calibration_manifest_path(out_path))
