@@ -494,6 +494,11 @@ def markdown(report: dict[str, Any]) -> str:
                       f"= {p['end_to_end_over_model']:.2f} x model-only."]
     for name, reason in report["skipped"].items():
         lines.append(f"not run: {name}: {reason}")
+    graphs_on_cpu = [r for r in report["rows"] if r["backend"].startswith("onnxruntime")]
+    if graphs_on_cpu:
+        from .info import cpu_graph_advice
+
+        lines.append(f"ONNX graphs on this CPU: {cpu_graph_advice()}.")
     return "\n".join(lines) + "\n"
 
 

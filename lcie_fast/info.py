@@ -114,10 +114,12 @@ def backend_status() -> list[BackendStatus]:
 
 def cpu_graph_advice() -> str:
     """Which exported graph precision to run on this CPU, and why (``info`` and ``bench`` print it)."""
-    int8 = ("INT8 graphs use its VNNI integer dot products" if cpu_has_vnni() else
-            "no VNNI: INT8 graphs run at ORT_ENABLE_BASIC (its fused int8 kernels saturate without VNNI)")
-    return (f"FP32 graph by default; FP16 graphs run slower than FP32 on x86 CPUs (no FP16 arithmetic; measured "
-            f"0.65x on an AVX2 EPYC, about 0.53x on an AVX-512 VNNI one), so the CPU backend never picks them; {int8}")
+    int8 = ("the CPU-target INT8 graph (export --int8 --target cpu) runs as integer kernels on its VNNI; the "
+            "TensorRT-target one runs as dequantise + float ops" if cpu_has_vnni() else
+            "no VNNI: the CPU-target INT8 graph is quantised with reduce_range; TensorRT-target INT8 graphs run at "
+            "ORT_ENABLE_BASIC (ORT's fused int8 kernels saturate without VNNI)")
+    return ("FP32 graph by default; FP16 graphs run slower than FP32 on x86 CPUs (no FP16 arithmetic; measured "
+            "in the README), so the CPU backend opens the FP32 sibling instead; " + int8)
 
 
 def versions() -> dict[str, str]:
