@@ -25,6 +25,7 @@ import torch
 from .data.datasets import IMAGE_EXTENSIONS, manifest_paths
 from .data.transforms import Preprocess, to_rgb8
 from .errors import InputNotFoundError, InvalidInputError, UserError
+from .io import special_file_kind
 
 logger = logging.getLogger(__name__)
 
@@ -198,9 +199,8 @@ def _not_a_file(path: str) -> str:
         return "dangling symlink" if os.path.islink(path) else "cannot be read"
     if stat.S_ISDIR(mode):
         return "symlink to a folder (not followed)"
-    kinds = [(stat.S_ISFIFO, "named pipe (FIFO)"), (stat.S_ISCHR, "character device"),
-             (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket")]
-    return next((f"not a regular file: {text}" for test, text in kinds if test(mode)), "not a regular file")
+    kind = special_file_kind(mode)
+    return "not a regular file" if kind == "special file" else f"not a regular file: {kind}"
 
 
 def _scan(root: str, found: Iterable[str | tuple[str, str | None]], exts: set[str] | None,

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import secrets
+import stat
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -75,3 +76,11 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def special_file_kind(mode: int) -> str:
+    """What a file that is not a regular file or a folder is, for messages: ``named pipe (FIFO)``,
+    ``character device``, ``block device``, ``socket`` or ``special file``."""
+    kinds = [(stat.S_ISFIFO, "named pipe (FIFO)"), (stat.S_ISCHR, "character device"),
+             (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket")]
+    return next((text for test, text in kinds if test(mode)), "special file")

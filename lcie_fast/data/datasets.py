@@ -41,6 +41,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InvalidInputError, UserError
+from ..io import special_file_kind
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +141,10 @@ def _read_bytes(path: Path) -> tuple[bytes, int]:
     """A manifest's bytes without a leading UTF-8 BOM (spreadsheet programs write one), and the
     BOM's length. Only a regular file is opened: a FIFO would block, a device never end."""
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise ManifestError(str(path), ["not a regular file (a FIFO, device or folder?)"], skippable=False)
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "folder" if stat.S_ISDIR(mode) else special_file_kind(mode)
+            raise ManifestError(str(path), [f"not a regular file (a {kind})"], skippable=False)
         raw = path.read_bytes()
     except OSError as err:
         raise ManifestError(str(path), [f"cannot read: {err}"], skippable=False) from None

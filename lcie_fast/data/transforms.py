@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from ..config import PreprocessConfig
 from ..errors import InvalidInputError, UserError
+from ..io import special_file_kind
 
 # An image larger than this many pixels is refused before it is decoded (decompression bombs).
 DEFAULT_MAX_PIXELS = 80_000_000
@@ -101,10 +102,8 @@ def _check_regular(info: os.stat_result, name: str, max_bytes: int) -> None:
     if stat.S_ISDIR(info.st_mode):
         raise ImageDecodeError(f"{name}: is a folder, not an image")
     if not stat.S_ISREG(info.st_mode):
-        kinds = [(stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
-                 (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")]
-        kind = next((text for test, text in kinds if test(info.st_mode)), "a special file")
-        raise ImageDecodeError(f"{name}: not a regular file ({kind}); only regular files are read")
+        kind = special_file_kind(info.st_mode)
+        raise ImageDecodeError(f"{name}: not a regular file (a {kind}); only regular files are read")
     if info.st_size > max_bytes:
         raise ImageDecodeError(f"{name}: {info.st_size:,} bytes is over the limit of {max_bytes:,} bytes")
 
