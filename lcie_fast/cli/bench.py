@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from .. import benchmark
+from ._options import add_allow_host_code
 
 
 def add_bench_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,9 +25,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--onnx", metavar="MODEL_ONNX", help="also run these graphs (model.onnx and its .fp16/.int8 siblings)")
     p.add_argument("--engines", nargs="*", default=[], help="also run these TensorRT bundles")
     p.add_argument("--aoti", nargs="*", default=[], metavar="PT2", help="also run these AOTInductor packages")
-    p.add_argument("--allow-host-code", action="store_true",
-                   help="let AOTInductor packages and version-compatible TensorRT bundles run the native code they "
-                        "carry (only for files from a source you trust)")
+    add_allow_host_code(p)
     p.add_argument("--compile", action="store_true", help="also torch.compile (minutes of compilation)")
     p.add_argument("--data", help="a folder of images: decode alone and end-to-end tagging vs model-only")
     p.add_argument("--workers", type=int, help="decoder threads for --data")

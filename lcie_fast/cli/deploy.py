@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputNotFoundError
+from ._options import add_allow_host_code
 
 
 def _calibration(args: argparse.Namespace):
@@ -93,9 +94,7 @@ def add_parity_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", help="report folder (default: <checkpoint folder>/parity)")
     p.add_argument("--graphs", metavar="ONNX", help="an exported model.onnx with .fp16/.int8 siblings (default: export now)")
     p.add_argument("--aoti", nargs="*", default=[], metavar="PT2", help="AOTInductor packages to score too")
-    p.add_argument("--allow-host-code", action="store_true",
-                   help="let AOTInductor packages and version-compatible TensorRT bundles run the native code they "
-                        "carry (only for files from a source you trust)")
+    add_allow_host_code(p)
     _add_calibration_args(p)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-images", type=int, default=0, help="score only the first N images (0 = all)")

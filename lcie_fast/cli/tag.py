@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..data.transforms import DEFAULT_MAX_BYTES, DEFAULT_MAX_DECODE_BYTES
+from ._options import add_allow_host_code
 
 
 def _ranged(kind: type, low: float | None = None, high: float | None = None, *,
@@ -56,9 +57,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-decode-bytes", type=_ranged(int, 1), default=DEFAULT_MAX_DECODE_BYTES,
                    help="refuse images whose decoding needs more memory, from their header; JPEGs are decoded "
                         "at a reduced scale instead where that fits (default %(default)s)")
-    p.add_argument("--allow-host-code", action="store_true",
-                   help="let a version-compatible TensorRT bundle run the host code embedded in it (only for "
-                        "bundles from a source you trust)")
+    add_allow_host_code(p)
 
 
 def _tagger(args: argparse.Namespace):
