@@ -21,6 +21,7 @@ import numpy as np
 
 from ._optional import require
 from .errors import InputNotFoundError, InvalidInputError
+from .outputs.records import NON_FINITE
 
 
 @dataclasses.dataclass
@@ -156,8 +157,10 @@ def tag_video(tagger: Any, path: str | Path, *, every: int | None = None, fps: f
               ) -> tuple[list[dict[str, Any]], list[Segment]]:
     """Per-frame records and per-label segments of a video file.
 
-    Each frame record: ``frame``, ``time``, ``labels`` (smoothed score at or above the label's
-    threshold, best first) and ``scores`` (raw per-frame probabilities of every label).
+    Each frame record follows the one record schema (:mod:`lcie_fast.outputs.records`):
+    ``index`` (the frame number), ``path`` (``<video>#frame=<n>``), ``labels`` (smoothed score at
+    or above the label's threshold, best first), ``error`` (None, or non-finite scores) and
+    ``scores_all`` (raw per-frame probabilities of every label), plus ``frame`` and ``time``.
     ``report`` receives the lines about skipped packets (see :func:`iter_frames`).
     """
     if not 0.0 < ema <= 1.0:
@@ -181,10 +184,11 @@ def tag_video(tagger: Any, path: str | Path, *, every: int | None = None, fps: f
             current = smoothed if smoothed is not None else np.zeros(len(labels))
             on = (current >= thresholds) if finite else np.zeros(len(labels), bool)
             order = np.argsort(-current, kind="stable")
-            records.append({"frame": index, "time": round(timestamp, 3),
+            # the one record schema (index, path, labels, error, scores_all) plus the frame's time
+            records.append({"index": index, "path": f"{path}#frame={index}", "frame": index, "time": round(timestamp, 3),
                             "labels": [{"label": labels[c], "score": round(float(current[c]), 5)} for c in order if on[c]],
-                            "scores": {name: round(float(p), 5) if np.isfinite(p) else None for name, p in zip(labels, raw)},
-                            **({} if finite else {"error": "non-finite scores from the model"})})
+                            "error": None if finite else NON_FINITE,
+                            "scores_all": {name: round(float(p), 5) if np.isfinite(p) else None for name, p in zip(labels, raw)}})
             times.append(timestamp)
             for c, name in enumerate(labels):
                 segment = open_segments.get(c)

@@ -23,7 +23,7 @@ from lcie_fast import create_model
 from lcie_fast.cli import build_parser, main
 from lcie_fast.data.synthetic import make_synthetic_set
 from lcie_fast.models.checkpoint import save_checkpoint
-from lcie_fast.outputs import RecordWriter, TagRecord
+from lcie_fast.outputs import RecordFields, RecordWriter, TagRecord
 
 LABELS = ["bus", "car", "motorbike", "person", "truck"]
 
@@ -166,7 +166,7 @@ def test_non_utf8_file_names_are_written_and_resumed(checkpoint, folder, tmp_pat
     data = full.read_bytes()
     if fmt == "csv":  # the original bytes, exactly
         rows = list(csv.reader(io.StringIO(data.decode("utf-8", "surrogateescape"))))
-        assert sorted(os.fsencode(row[0]) for row in rows[1:]) == sorted(os.fsencode(odd) + b"/" + n for n in names)
+        assert sorted(os.fsencode(row[1]) for row in rows[1:]) == sorted(os.fsencode(odd) + b"/" + n for n in names)
     else:  # escaped: every line is ASCII JSON
         assert all(_strict_json(line)["error"] is None for line in data.decode("ascii").splitlines())
     # an interrupted run resumes after its complete records
@@ -184,15 +184,15 @@ def test_non_finite_scores_are_written_as_strict_json(tmp_path):
     records = [TagRecord(0, "a.jpg", [("car", inf)], scores={"bus": nan, "car": inf, "person": 0.25}),
                TagRecord(1, "b.jpg", [("car", 0.75)], scores={"bus": 0.5, "car": 0.75, "person": 0.25})]
     for fmt in ("jsonl", "csv"):
-        writer = RecordWriter(tmp_path / f"out.{fmt}", fmt)
+        writer = RecordWriter(tmp_path / f"out.{fmt}", fmt, fields=RecordFields(("bus", "car", "person"), all_scores=True))
         writer.write(records)
         writer.close()
     lines = [_strict_json(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-    assert lines[0]["scores"] == {"bus": None, "car": None, "person": 0.25} and lines[0]["labels"] == []
+    assert lines[0]["scores_all"] == {"bus": None, "car": None, "person": 0.25} and lines[0]["labels"] == []
     assert "non-finite" in lines[0]["error"] and lines[1]["error"] is None
     assert lines[1]["labels"] == [{"label": "car", "score": 0.75}]
     rows = list(csv.DictReader(io.StringIO((tmp_path / "out.csv").read_text())))
-    assert _strict_json(rows[0]["scores"])["bus"] is None and "non-finite" in rows[0]["error"]
+    assert _strict_json(rows[0]["scores_all"])["bus"] is None and "non-finite" in rows[0]["error"]
     assert rows[0]["labels"] == "" and rows[1]["labels"] == "car:0.75000" and rows[1]["error"] == ""
     assert not any(math.isnan(v) for v in records[1].scores.values())
 

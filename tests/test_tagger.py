@@ -218,7 +218,7 @@ def test_cli_jsonl_csv_and_stdin(checkpoint, images, tmp_path):
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [line["path"] for line in lines] == files
-    assert all(set(line) == {"path", "labels", "error", "scores"} for line in lines)
+    assert all(set(line) == {"index", "path", "labels", "error", "scores_all"} for line in lines)
     csv_out = tmp_path / "tags.csv"
     assert _cli("tag", str(checkpoint), *files, "-o", str(csv_out), "--no-progress").returncode == 0
     rows = list(csv.DictReader(io.StringIO(csv_out.read_text())))

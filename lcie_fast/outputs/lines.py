@@ -21,58 +21,21 @@ so every line is strict JSON.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
-import math
 import os
 import stat
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
-from .errors import InvalidInputError, UserError
+from ..errors import InvalidInputError, UserError
+from .records import RecordFields, TagRecord
 
-CSV_FIELDS = ["path", "labels", "error"]
+CSV_FIELDS = ["index", "path", "labels", "error"]  # then the optional fields of RecordFields.columns
 SIDECAR_SUFFIX = ".meta.json"
 SIDECAR_KIND = "lcie-fast tag output"
 # the settings that decide an output's records; a resumed run must match every one
-SETTINGS = ("format", "model_sha256", "labels", "thresholds", "top_k", "all_scores", "inputs")
-NON_FINITE = "non-finite scores from the model"
-
-
-@dataclasses.dataclass
-class TagRecord:
-    """The result for one input: what every output format writes.
-
-    Attributes:
-        index: Position of the input in the input order.
-        path: The input's path (None for in-memory images).
-        labels: (label name, score) of every label at or above its threshold, best first,
-            at most ``top_k``.
-        error: None, or why the input could not be tagged.
-        scores: Every label's score (only when asked for).
-    """
-
-    index: int
-    path: str | None
-    labels: list[tuple[str, float]]
-    error: str | None = None
-    scores: dict[str, float] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """The record as strict JSON data: a non-finite score becomes None and sets ``error``."""
-        record: dict[str, Any] = {"path": self.path} if self.path is not None else {"index": self.index}
-        record["labels"] = [{"label": name, "score": round(score, 5)} for name, score in self.labels
-                            if math.isfinite(score)]
-        record["error"] = self.error
-        if self.scores is not None:
-            record["scores"] = {k: round(v, 5) if math.isfinite(v) else None for k, v in self.scores.items()}
-        if self.error is None and not all(math.isfinite(s) for s in self._all_scores()):
-            record["error"] = NON_FINITE
-        return record
-
-    def _all_scores(self) -> Iterator[float]:
-        yield from (score for _, score in self.labels)
-        yield from (self.scores or {}).values()
+SETTINGS = ("format", "model_sha256", "labels", "thresholds", "top_k", "all_scores", "hash", "dedup", "postprocess",
+            "shard", "inputs")
 
 
 class OutputMismatchError(UserError, ValueError):
@@ -141,8 +104,8 @@ def _read_keys(path: Path, fmt: str) -> list[str]:
         header = next(rows, None)
         if header is not None and header[: len(CSV_FIELDS)] != CSV_FIELDS:
             raise OutputMismatchError(f"{path}: columns {header[:8]} are not those of an lcie-fast CSV output "
-                                      f"({CSV_FIELDS + ['scores']})")
-        keys = [row[0] for row in rows if row]
+                                      f"({RecordFields(all_scores=True, hash_name='sha256', dedup=True).columns})")
+        keys = [row[1] if row[1] else f"#{row[0]}" for row in rows if row]
     except csv.Error as err:
         raise OutputMismatchError(f"{path}: not an lcie-fast CSV output ({err})") from None
     return keys
@@ -156,7 +119,15 @@ def existing_keys(path: str | Path, fmt: str) -> list[str]:
     return _read_keys(path, fmt)
 
 
-def _read_settings(path: Path) -> dict[str, Any] | None:
+def read_settings(path: str | Path) -> dict[str, Any] | None:
+    """The settings sidecar of the JSONL/CSV output ``path`` (None when it has none).
+
+    Keys: :data:`SETTINGS`, ``kind``, and ``complete`` (True once a run finished every input).
+
+    Raises:
+        OutputMismatchError: the sidecar cannot be read or is not an lcie-fast tag output's.
+    """
+    path = Path(path)
     side = sidecar_path(path)
     if not side.is_file():
         return None
@@ -168,6 +139,18 @@ def _read_settings(path: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict) or data.get("kind") != SIDECAR_KIND:
         raise OutputMismatchError(f"{path}: {side} is not the settings file of an lcie-fast tag output")
     return data
+
+
+def mark_complete(path: str | Path) -> None:
+    """Record in the sidecar of ``path`` that the run finished every input (``complete: true``)."""
+    from ..io import atomic_write
+
+    settings = read_settings(path)
+    if settings is None:
+        return
+    with atomic_write(sidecar_path(path), "w") as side:
+        json.dump({**settings, "complete": True}, side, indent=2)
+        side.write("\n")
 
 
 def _difference(field: str, stored: Any, current: Any, labels: list[str] | None) -> str:
@@ -193,7 +176,7 @@ def check_settings(path: str | Path, settings: dict[str, Any]) -> None:
         OutputMismatchError: the sidecar is missing, unreadable, or one field differs (named).
     """
     path = Path(path)
-    stored = _read_settings(path)
+    stored = read_settings(path)
     if stored is None:
         raise OutputMismatchError(
             f"{path} has no settings file {sidecar_path(path).name} (written by an older lcie-fast, or removed): it "
@@ -233,7 +216,7 @@ def inspect_output(path: str | Path, fmt: str, settings: dict[str, Any], *,
         if overwrite:
             _ensure_tag_output(path)
             return None
-        if _read_settings(path) is None:
+        if read_settings(path) is None:
             _ensure_tag_output(path)  # a tag output of an older lcie-fast, or a file that is none
         check_settings(path, settings)
         try:
@@ -295,7 +278,7 @@ def _ensure_tag_output(path: Path) -> None:
         except OutputMismatchError as err:
             problems.append(str(err))
     try:
-        if _read_settings(path) is not None and next(_complete_lines(path), None) is None:
+        if read_settings(path) is not None and next(_complete_lines(path), None) is None:
             return
     except OutputMismatchError:
         pass
@@ -332,15 +315,17 @@ class RecordWriter:
         target: A path, or an open text stream (e.g. stdout).
         fmt: ``jsonl`` or ``csv``.
         append: Continue an existing file (resume) instead of replacing it.
+        fields: The optional fields of every record (default: none; ``scores_all`` of records
+            that have scores, in JSONL).
         settings: What decides the records (see :data:`SETTINGS`), stored in the sidecar of a
             new output; None writes no sidecar (the output cannot be resumed).
     """
 
     def __init__(self, target: str | Path | IO[str], fmt: str = "jsonl", append: bool = False,
-                 settings: dict[str, Any] | None = None) -> None:
+                 settings: dict[str, Any] | None = None, fields: RecordFields | None = None) -> None:
         if fmt not in ("jsonl", "csv"):
             raise InvalidInputError(f"output format must be jsonl or csv, got {fmt!r}")
-        self.fmt = fmt
+        self.fmt, self.fields = fmt, fields
         self.name = str(target) if isinstance(target, (str, Path)) else getattr(target, "name", "<stream>")
         self.fsync = self.fresh = False
         if isinstance(target, (str, Path)):
@@ -354,7 +339,7 @@ class RecordWriter:
             self.handle, self.owned, self.fresh = target, False, True
         self.csv = csv.writer(self.handle) if fmt == "csv" else None
         if self.csv is not None and self.fresh:
-            self._guard(lambda: self.csv.writerow(CSV_FIELDS + ["scores"]))
+            self._guard(lambda: self.csv.writerow((self.fields or RecordFields()).columns))
 
     def _open(self, path: Path, append: bool, settings: dict[str, Any] | None) -> IO[str]:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -370,7 +355,7 @@ class RecordWriter:
             if append:
                 _cut_partial_line(handle)
             elif settings is not None:
-                from .io import atomic_write
+                from ..io import atomic_write
 
                 with atomic_write(sidecar_path(path), "w") as side:
                     json.dump({"kind": SIDECAR_KIND, **settings}, side, indent=2)
@@ -399,12 +384,9 @@ class RecordWriter:
         """Write ``records`` and flush; returns how many."""
         count = 0
         for record in records:
-            data = record.to_json()
+            data = record.to_json(self.fields)
             if self.csv is not None:
-                labels = ";".join(f"{tag['label']}:{tag['score']:.5f}" for tag in data["labels"])
-                scores = json.dumps(data["scores"], allow_nan=False) if "scores" in data else ""
-                key = record.path if record.path is not None else f"#{record.index}"
-                self._guard(lambda: self.csv.writerow([key, labels, data["error"] or "", scores]))
+                self._guard(lambda: self.csv.writerow(csv_row(data, self.fields or RecordFields())))
             else:
                 line = json.dumps(data, allow_nan=False) + "\n"
                 self._guard(lambda: self.handle.write(line))
@@ -427,6 +409,19 @@ class RecordWriter:
                 self.handle.close()
             except OSError:
                 pass  # the error that matters was raised above (or the data was already flushed)
+
+
+def csv_row(data: dict[str, Any], fields: RecordFields) -> list[str]:
+    """A record's :meth:`TagRecord.to_json` data as a CSV row: labels as ``name:score;...``, scores_all as JSON."""
+    row = []
+    for column in fields.columns:
+        value = data.get(column)
+        if column == "labels":
+            value = ";".join(f"{tag['label']}:{tag['score']:.5f}" for tag in value)
+        elif column == "scores_all":
+            value = "" if value is None else json.dumps(value, allow_nan=False)
+        row.append("" if value is None else str(value))
+    return row
 
 
 def _ensure_empty_or_tag_output(path: Path) -> None:
