@@ -1,9 +1,11 @@
 """What can be tagged, and how one input becomes a (3, S, S) uint8 image.
 
 :func:`expand_inputs` flattens the accepted input kinds (paths, folders, globs, lists,
-manifests, stdin, in-memory images) into a stream; :func:`decode_input` turns one of them into
-a resized image or the reason it could not, and never raises for bad input: a bad file among
-millions is an error record, not the end of the run.
+manifests, stdin, WebDataset shards, URLs, in-memory images) into a stream; :func:`decode_input`
+turns one of them into a resized image (and the hash of its bytes) or the reason it could not,
+and never raises for bad input: a bad file among millions is an error record, not the end of
+the run. Expanding reads names and headers only; the bytes of files, shard members
+(:mod:`.webdataset`) and URLs (:mod:`.remote`) are read by :func:`decode_input`, in the decoder pool.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import glob
+import hashlib
 import logging
 import os
 import stat
@@ -22,10 +25,23 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import remote
 from .data.datasets import IMAGE_EXTENSIONS, manifest_paths
-from .data.transforms import Preprocess, to_rgb8
+from .data.transforms import Preprocess, read_image_bytes, to_rgb8
 from .errors import InputNotFoundError, InvalidInputError, UserError
 from .io import special_file_kind
+from .outputs.records import HASH_NAMES
+from .remote import RemotePath, is_url
+from .webdataset import (
+    DEFAULT_IMAGE_KEYS,
+    FailedInput,
+    TarMember,
+    check_image_keys,
+    expand_shards,
+    is_shard_name,
+    read_member,
+    shard_samples,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -90,13 +106,25 @@ def image_array(image: Any, name: str) -> np.ndarray | torch.Tensor:
 
 
 def expand_inputs(inputs: Any, *, extensions: Sequence[str] = IMAGE_EXTENSIONS, recursive: bool = True,
-                  on_skip: SkipHandler | None = None) -> Iterator[Any]:
+                  on_skip: SkipHandler | None = None, wds_image_keys: str | Sequence[str] = DEFAULT_IMAGE_KEYS) -> Iterator[Any]:
     """Flatten the accepted input kinds into a stream of paths and in-memory images.
 
     Accepted: a path or a list of them; ``-`` (paths on stdin, one per line); ``@list.txt`` (a
     file of paths); a directory (image files by extension, recursive, sorted); a glob; a CSV or
     JSONL manifest (its image paths); PIL images; NumPy (H, W, 3) uint8 arrays; torch uint8
     tensors (3, H, W) or (H, W, 3); and (N, H, W, 3) arrays or tensors (N images).
+
+    WebDataset shards: a path or URL ending in ``.tar``, a brace pattern (``shard-{000..099}.tar``)
+    or a glob of them gives one :class:`~lcie_fast.webdataset.TarMember` per sample (record path
+    ``shard.tar#key``; its image the first member whose extension is in ``wds_image_keys``), read
+    from the tar headers only; a bad shard (missing, corrupt, truncated, compressed: only
+    uncompressed shards are read) or a sample without an image gives a
+    :class:`~lcie_fast.webdataset.FailedInput`, an error record. Lines of lists name files, not shards.
+
+    URLs (``s3://``, ``gs://``, ``https://``, ``memory://``, ``file://``; fsspec, the ``remote``
+    extra): a folder or prefix is listed (by extension, ``recursive`` honoured, sorted), a glob
+    matched, a ``.csv``/``.jsonl`` manifest and an ``@URL`` list read; each file is a
+    :class:`~lcie_fast.remote.RemotePath`, read in the decoder pool. URLs in lists and manifests too.
 
     Lines of lists and stdin are read as bytes and decoded as file names are (undecodable bytes
     kept, PEP 383); a path from a list is a :class:`ListedPath`, so errors name the list and line.
@@ -106,16 +134,22 @@ def expand_inputs(inputs: Any, *, extensions: Sequence[str] = IMAGE_EXTENSIONS, 
     count per scan is written to stderr.
 
     Raises:
+        InvalidInputError: ``wds_image_keys`` is empty (at once); an ``@list`` that cannot be read.
         InputNotFoundError: an ``@list`` that does not exist.
-        InvalidInputError: an ``@list`` that cannot be read.
+        MissingDependencyError: a URL, and fsspec is not installed.
     """
+    keys = check_image_keys(wds_image_keys)
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     elif isinstance(inputs, (np.ndarray, torch.Tensor)) and inputs.ndim == 4:
         inputs = list(inputs)
     elif not isinstance(inputs, Iterable) or isinstance(inputs, (np.ndarray, torch.Tensor)) or is_pil_image(inputs):
         inputs = [inputs]
-    exts = {e.lower() for e in extensions}
+    return _expand(inputs, {e.lower() for e in extensions}, recursive, on_skip, keys)
+
+
+def _expand(inputs: Iterable[Any], exts: set[str], recursive: bool, on_skip: SkipHandler | None,
+            keys: tuple[str, ...]) -> Iterator[Any]:
     for item in inputs:
         if not isinstance(item, (str, os.PathLike)):
             yield item
@@ -123,17 +157,48 @@ def expand_inputs(inputs: Any, *, extensions: Sequence[str] = IMAGE_EXTENSIONS, 
         text = os.fspath(item)
         text = os.fsdecode(text) if isinstance(text, bytes) else text
         if text == "-":
-            yield from _listed(getattr(sys.stdin, "buffer", sys.stdin), "<stdin>")
+            yield from _from_list(_listed(getattr(sys.stdin, "buffer", sys.stdin), "<stdin>"))
         elif text.startswith("@"):
-            yield from _read_list(text[1:])
+            yield from _from_list(_read_list(text[1:]))
+        elif is_shard_name(text):
+            if is_url(text):
+                remote.url_to_fs(text)  # fsspec and the protocol's package present, or a clear error now
+            for shard in expand_shards(text):
+                yield from shard_samples(shard, keys)
+        elif is_url(text):
+            yield from _expand_url(text, exts, recursive, on_skip)
         elif stat.S_ISDIR(_mode(text)):
             yield from _scan(text, _walk(text, recursive), exts, on_skip)
         elif any(ch in text for ch in "*?["):
             yield from _scan(text, glob.glob(text, recursive=True), None, on_skip)
         elif Path(text).suffix.lower() in (".csv", ".jsonl") and stat.S_ISREG(_mode(text)):
-            yield from manifest_paths(text)
+            yield from (_remote(path) if is_url(path) else path for path in manifest_paths(text))
         else:
             yield text  # a file (a missing or unreadable one becomes an error record)
+
+
+def _expand_url(url: str, exts: set[str], recursive: bool, on_skip: SkipHandler | None) -> Iterator[Any]:
+    """A URL input: a glob, a folder (prefix), a manifest, or one file."""
+    remote.url_to_fs(url)  # fsspec and the protocol's package present, or a clear error now
+    if remote.has_wildcard(url):
+        yield from (RemotePath(found) for found in remote.glob_files(url))
+    elif remote.is_folder(url):
+        yield from (RemotePath(found) for found in _scan(url, remote.list_files(url, recursive), exts, on_skip))
+    elif Path(url).suffix.lower() in (".csv", ".jsonl") and remote.is_file(url):
+        yield from (_remote(path) if is_url(path) else path for path in remote.manifest_sources(url))
+    else:
+        yield RemotePath(url)  # a missing one becomes an error record
+
+
+def _remote(url: str, origin: str | None = None) -> RemotePath:
+    remote.require_fsspec(url)
+    return RemotePath(url, origin)
+
+
+def _from_list(lines: Iterable[ListedPath]) -> Iterator[str]:
+    """The paths of a list, URLs among them as :class:`RemotePath` (keeping their list and line)."""
+    for line in lines:
+        yield _remote(line, line.origin) if is_url(line) else line
 
 
 def _mode(path: str) -> int:
@@ -146,6 +211,9 @@ def _mode(path: str) -> int:
 
 
 def _read_list(path: str) -> Iterator[ListedPath]:
+    if is_url(path):
+        yield from _listed(remote.read_list(path), path)
+        return
     try:
         handle = open(path, "rb")  # noqa: SIM115 - closed below, after the generator is done
     except FileNotFoundError:
@@ -232,19 +300,54 @@ def _scan(root: str, found: Iterable[str | tuple[str, str | None]], exts: set[st
     return sorted(kept)
 
 
-def decode_input(item: InputItem, preprocess: Preprocess) -> tuple[torch.Tensor | None, str | None]:
-    """(3, S, S) uint8 and None, or None and why the input cannot be tagged; never raises for bad input."""
+def decode_input(item: InputItem, preprocess: Preprocess,
+                 hash_name: str | None = None) -> tuple[torch.Tensor | None, str | None, str | None]:
+    """Decode one input; never raises for bad input.
+
+    A file, shard member or URL is read once (within ``preprocess.max_bytes``, refused from its
+    size first), its bytes hashed, then decoded; errors name its path (``shard.tar#key``, the URL).
+
+    Args:
+        item: The input.
+        preprocess: Decoding limits and the resize.
+        hash_name: ``sha256`` or ``md5``: also return the hex digest of the input's bytes (an
+            input that was read but cannot be decoded has one; one that cannot be read, or an
+            in-memory image, has None); None: no hash.
+
+    Returns:
+        ((3, S, S) uint8 or None, None or why the input cannot be tagged, hex digest or None).
+
+    Raises:
+        InvalidInputError: ``hash_name`` is not one of :data:`~lcie_fast.outputs.records.HASH_NAMES`.
+    """
+    if hash_name is not None and hash_name not in HASH_NAMES:
+        raise InvalidInputError(f"hash_name must be one of {', '.join(HASH_NAMES)} or None, got {hash_name!r}")
     source = item.source
     name = item.path or f"input {item.index}"
+    digest = None
     try:
+        if isinstance(source, FailedInput):
+            return None, source.error, None
         if isinstance(source, str):
-            return preprocess.load(source), None
+            data = _read_bytes(source, preprocess.max_bytes)
+            if hash_name is not None:
+                digest = hashlib.new(hash_name, data, usedforsecurity=False).hexdigest()
+            return preprocess.load(data, name=str(source)), None, digest
         if is_pil_image(source):
-            return preprocess.from_array(to_rgb8(source, name)), None
-        return preprocess.from_array(image_array(source, name)), None
+            return preprocess.from_array(to_rgb8(source, name)), None, None
+        return preprocess.from_array(image_array(source, name)), None, None
     except UserError as err:
         error = str(err)
     except Exception as err:  # noqa: BLE001 - one bad input must never stop a run of millions
         error = f"{name}: {type(err).__name__}: {err}"
     origin = getattr(source, "origin", None)
-    return None, f"{error} ({origin})" if origin else error
+    return None, f"{error} ({origin})" if origin else error, digest
+
+
+def _read_bytes(source: str, max_bytes: int) -> bytes:
+    """The encoded bytes of a file, a shard member or a URL (a plain string URL too), within ``max_bytes``."""
+    if isinstance(source, TarMember):
+        return read_member(source, max_bytes)
+    if is_url(source):
+        return remote.read_bytes(source, max_bytes)
+    return read_image_bytes(source, max_bytes)

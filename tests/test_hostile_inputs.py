@@ -148,7 +148,7 @@ def test_postscript_named_jpg_is_refused_without_reaching_ghostscript(good, tmp_
     monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "load", lambda self, *a, **k: calls.append(1))
     eps = tmp_path / "photo.jpg"
     eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 20 20\n%%EndComments\nshowpage\n%%EOF\n")
-    record, error = decode_input(InputItem(0, str(eps), str(eps)), Preprocess(PreprocessConfig(input_size=32)))
+    record, error, _ = decode_input(InputItem(0, str(eps), str(eps)), Preprocess(PreprocessConfig(input_size=32)))
     assert record is None and calls == []
     assert str(eps) in error and "not an image in an accepted format" in error and "JPEG" in error
     with pytest.raises(ImageDecodeError, match="accepted format"):

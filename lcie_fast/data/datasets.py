@@ -32,6 +32,8 @@ import io
 import json
 import logging
 import os
+import posixpath
+import re
 import stat
 import urllib.parse
 import xml.etree.ElementTree as ET
@@ -519,9 +521,53 @@ def _holdout_subset(spec: str, data: MultiLabelSet, options: dict[str, str]) -> 
     return data.subset(chosen)
 
 
-def manifest_paths(path: str | Path) -> list[str]:
+def manifest_paths(path: str | Path, *, base: str | None = None, name: str | None = None) -> list[str]:
     """Every image path a CSV or JSONL manifest names, in order, missing files included (the
-    tagger reports those as error records). Rows that are not well formed are skipped."""
+    tagger reports those as error records). Rows that are not well formed are skipped.
+
+    Rows that are URLs (``s3://bucket/a.jpg``) are kept as URLs; other rows are resolved as the
+    loaders resolve them (relative to the images folder: ``images/`` beside a CSV if that is a
+    folder, else the manifest's folder).
+
+    Args:
+        path: The manifest file.
+        base: For a manifest read from remote storage into the local file ``path``: the URL of
+            the folder its relative rows are relative to (``../`` rows are resolved against it);
+            absolute local rows stay local paths.
+        name: What errors call the manifest (its URL); default ``path``.
+
+    Raises:
+        ManifestError: a manifest that cannot be read or has no usable header, named by ``name``.
+    """
     path = Path(path)
     loader = load_csv_manifest if path.suffix == ".csv" else load_jsonl_manifest
-    return loader(path, on_error="skip", check_files=False).paths
+    if base is None:
+        images = path.parent / "images" if path.suffix == ".csv" and (path.parent / "images").is_dir() else path.parent
+    else:  # a root that does not exist, deep enough that ../ rows stay under its top folder
+        top = Path("/", f"lcie-manifest-root-{os.urandom(8).hex()}")
+        images = top.joinpath(*["d"] * 32)
+    try:
+        rows = loader(path, images=images, on_error="skip", check_files=False).paths
+    except ManifestError as err:
+        if name is None:
+            raise
+        raise ManifestError(name, err.problems, skippable=False) from None
+    root = str(images.resolve())
+    paths = []
+    for row in rows:
+        relative = os.path.relpath(row, root) if row.startswith("/") else row
+        url = _URL_ROW.match(relative)
+        if url:  # a URL row, its "//" collapsed by the path join
+            scheme, rest = url.groups()
+            paths.append(f"{scheme}://{'/' if scheme == 'file' else ''}{rest}")
+        elif base is not None and row.startswith(str(top) + "/"):
+            scheme, _, folder = base.rstrip("/").partition("://")
+            paths.append(f"{scheme}://{posixpath.normpath(f'{folder}/{relative}')}")
+        else:
+            paths.append(row)
+    return paths
+
+
+# a URL row after a path join and resolve: "s3://bucket/a.jpg" -> "s3:/bucket/a.jpg" (scheme of 2+ characters:
+# a Windows drive letter is not a scheme)
+_URL_ROW = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/(.*)$")

@@ -110,7 +110,7 @@ def _check_regular(info: os.stat_result, name: str, max_bytes: int) -> None:
 
 def decode_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS, *,
                  max_bytes: int = DEFAULT_MAX_BYTES, max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
-                 reduce_to: int | None = None) -> np.ndarray:
+                 reduce_to: int | None = None, name: str | None = None) -> np.ndarray:
     """Decode a file or encoded bytes to an RGB uint8 (H, W, 3) array.
 
     Handles grayscale, palette, CMYK, alpha (dropped, as DALI's RGB decoding does), 16-bit and
@@ -125,6 +125,8 @@ def decode_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXEL
         reduce_to: The smallest side the caller needs (its resize target), or None for full size.
             A JPEG over ``max_decode_bytes`` is then decoded at 1/2, 1/4 or 1/8 scale (PIL's
             ``draft``) when that fits and keeps both sides at least ``reduce_to``.
+        name: What error messages call the image (default: the path, or ``<bytes>`` for bytes),
+            e.g. the path of a file whose bytes the caller read itself.
 
     Raises:
         ImageDecodeError: empty, oversized or non-regular input, a format not in
@@ -134,13 +136,13 @@ def decode_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXEL
     from PIL import ImageOps
 
     if isinstance(source, (bytes, bytearray, memoryview)):
-        name, data = "<bytes>", bytes(source)
+        name, data = name or "<bytes>", bytes(source)
         if not data:
             raise ImageDecodeError(f"{name}: empty file (zero bytes)")
         if len(data) > max_bytes:
             raise ImageDecodeError(f"{name}: {len(data):,} bytes is over the limit of {max_bytes:,} bytes")
     else:
-        name, data = str(source), read_image_bytes(source, max_bytes)
+        name, data = name or str(source), read_image_bytes(source, max_bytes)
     with _open_image(data, name, max_pixels) as image:
         _fit_decode_budget(image, name, max_decode_bytes, reduce_to)
         image.load()
@@ -357,10 +359,11 @@ class Preprocess:
     def size(self) -> int:
         return self.config.input_size
 
-    def load(self, source: str | Path | bytes, flip: bool = False) -> torch.Tensor:
-        """Decode and resize one image -> (3, S, S) uint8 (what loader workers produce)."""
+    def load(self, source: str | Path | bytes, flip: bool = False, *, name: str | None = None) -> torch.Tensor:
+        """Decode and resize one image -> (3, S, S) uint8 (what loader workers produce); errors
+        call it ``name`` when given (see :func:`decode_image`)."""
         decoded = decode_image(source, self.max_pixels, max_bytes=self.max_bytes,
-                               max_decode_bytes=self.max_decode_bytes, reduce_to=self.size)
+                               max_decode_bytes=self.max_decode_bytes, reduce_to=self.size, name=name)
         image = resize_image(decoded, self.size, self.config.interpolation)
         return image.flip(-1) if flip else image
 
