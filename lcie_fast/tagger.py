@@ -19,12 +19,11 @@ import collections
 import concurrent.futures
 import dataclasses
 import itertools
-import json
 import os
 import stat
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +32,17 @@ import torch
 
 from .data.datasets import IMAGE_EXTENSIONS
 from .data.transforms import DEFAULT_MAX_BYTES, DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_PIXELS, Preprocess, check_limit
-from .errors import InputNotFoundError, InvalidInputError
+from .errors import InvalidInputError
 from .inputs import InputItem, decode_input, expand_inputs, image_array
 from .metadata import ModelMetadata
 from .metrics import sigmoid
 from .outputs import TagRecord
+from .outputs.records import HASH_NAMES
+from .postprocess import TagPostprocess
+from .remote import RemotePath
 from .runtime import Backend, open_backend
+from .thresholds import read_thresholds
+from .webdataset import DEFAULT_IMAGE_KEYS, FailedInput, TarMember
 
 __all__ = ["DecodedBatch", "Tagger", "TagRecord", "expand_inputs"]
 
@@ -54,6 +58,7 @@ class DecodedBatch:
         decoded: Positions in ``items`` of the images, in order.
         errors: Position in ``items`` -> why that input could not be decoded.
         normalized: ``images`` are normalised and on the backend's device (DALI).
+        digests: Position in ``items`` -> hex digest of that input's bytes (when hashes are asked for).
     """
 
     items: list[InputItem]
@@ -61,6 +66,18 @@ class DecodedBatch:
     decoded: list[int]
     errors: dict[int, str]
     normalized: bool = False
+    digests: dict[int, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class _Call:
+    """What one :meth:`Tagger.tag` call asks of every record."""
+
+    threshold: float | None = None
+    postprocess: TagPostprocess = TagPostprocess()
+    all_scores: bool = False
+    hash_name: str | None = None
+    seen: dict[str, TagRecord] | None = None  # --dedup: digest -> the first record with that content
 
 
 def _check_thresholds(values: Sequence[Any], source: str, names: Sequence[str] | None = None) -> None:
@@ -125,7 +142,7 @@ class Tagger:
         _check_thresholds(values.ravel(), "thresholds")
         self.thresholds = np.broadcast_to(values.astype(np.float32), (len(self.labels),)).copy()
         self.torch_device = torch.device(backend.device if backend.device.startswith("cuda") else "cpu")
-        self.stats = {"images": 0, "errors": 0, "skipped": 0, "decode_s": 0.0, "model_s": 0.0}
+        self.stats = {"images": 0, "errors": 0, "skipped": 0, "duplicates": 0, "decode_s": 0.0, "model_s": 0.0}
         self._stats_lock = threading.Lock()
 
     # ------------------------------------------------------------------ construction
@@ -160,27 +177,18 @@ class Tagger:
         return tagger
 
     def set_thresholds(self, thresholds: float | str | Path | dict[str, float]) -> None:
-        """One threshold for every label, a {label: threshold} mapping, or a fitted-thresholds JSON file
-        (``{"thresholds": {label: threshold}}`` or the mapping itself). Nothing changes unless all are valid.
+        """One threshold for every label, a {label: threshold} mapping, or a thresholds file: the JSON of
+        ``lcie-fast eval --fit-thresholds``, a ``{label: threshold}`` JSON, or one number per line in
+        label order (see :func:`~lcie_fast.thresholds.read_thresholds`). Nothing changes unless all are valid.
 
         Raises:
             InputNotFoundError: the file does not exist.
-            InvalidInputError: not JSON, not a mapping, an unknown label, or a value that is not a
-                number in [0, 1]; names the file.
+            InvalidInputError: unreadable, a wrong count (both named), an unknown label, or a value
+                that is not a number in [0, 1]; names the file.
         """
         source = "thresholds"
         if isinstance(thresholds, (str, Path)):
-            source = str(thresholds)
-            try:
-                data = json.loads(Path(thresholds).read_text(encoding="utf-8"))
-            except FileNotFoundError:
-                raise InputNotFoundError(f"{source}: thresholds file not found") from None
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-                raise InvalidInputError(f"{source}: not a readable thresholds JSON file: {err}") from None
-            thresholds = data.get("thresholds", data) if isinstance(data, dict) else data
-            if not isinstance(thresholds, dict):
-                raise InvalidInputError(f"{source}: expected a JSON object {{label: threshold}} (or one under "
-                                        f"\"thresholds\"), got {type(thresholds).__name__}")
+            thresholds = read_thresholds(thresholds, self.labels)  # every error names the file
         elif not isinstance(thresholds, dict):
             _check_thresholds([thresholds], source)
             self.thresholds[:] = float(thresholds)
@@ -211,44 +219,81 @@ class Tagger:
         self._count(model_s=time.perf_counter() - start)
         return out
 
-    def _records(self, batch: DecodedBatch, threshold: float | None, top_k: int | None,
-                 all_scores: bool) -> list[TagRecord]:
-        """The one place decoded batches become records: sigmoid, thresholds, top-k, error records, stats."""
-        records = [TagRecord(item.index, item.path, [], batch.errors.get(position))
+    def _records(self, batch: DecodedBatch, call: _Call) -> list[TagRecord]:
+        """The one place decoded batches become records: sigmoid, thresholds, post-processing, hashes,
+        duplicates, error records, stats."""
+        records = [TagRecord(item.index, item.path, [], batch.errors.get(position),
+                             digest=(call.hash_name, batch.digests[position])
+                             if call.hash_name and position in batch.digests else None)
                    for position, item in enumerate(batch.items)]
-        if batch.decoded:
-            probabilities = sigmoid(self.logits(batch.images, batch.normalized))
-            limits = self.thresholds if threshold is None else np.full(len(self.labels), threshold, np.float32)
-            for position, probs in zip(batch.decoded, probabilities):
+        rows, copies, first = [], [], {}  # rows of batch.images to run; duplicates; digest -> first position here
+        for row, position in enumerate(batch.decoded):
+            digest = batch.digests.get(position)
+            if call.seen is not None and digest is not None and (digest in call.seen or digest in first):
+                copies.append(position)
+            else:
+                rows.append(row)
+                if digest is not None:
+                    first[digest] = position
+        if rows:
+            images = batch.images if len(rows) == len(batch.decoded) else batch.images[rows]
+            probabilities = sigmoid(self.logits(images, batch.normalized))
+            limits = self.thresholds if call.threshold is None else np.full(len(self.labels), call.threshold, np.float32)
+            for row, probs in zip(rows, probabilities):
+                position = batch.decoded[row]
                 order = np.argsort(-probs, kind="stable")
-                chosen = [(self.labels[c], float(probs[c])) for c in order if probs[c] >= limits[c]]
+                kept = [(self.labels[c], float(probs[c])) for c in order if probs[c] >= limits[c]]
                 record = records[position]
-                record.labels = chosen[:top_k] if top_k is not None else chosen
-                if all_scores:
+                record.labels = call.postprocess.apply(kept, probs, self.labels)
+                if call.all_scores:
                     record.scores = {name: float(p) for name, p in zip(self.labels, probs)}
-        self._count(images=len(batch.items), errors=len(batch.errors))
+                if call.seen is not None and position in batch.digests:
+                    call.seen.setdefault(batch.digests[position], record)
+        for position in copies:
+            original, record = call.seen[batch.digests[position]], records[position]
+            record.labels, record.duplicate_of = list(original.labels), original.key
+            record.scores = None if original.scores is None else dict(original.scores)
+        self._count(images=len(batch.items), errors=len(batch.errors), duplicates=len(copies))
         return records
 
     def tag(self, inputs: Any, *, batch_size: int = 32, threshold: float | None = None, top_k: int | None = None,
             workers: int | None = None, all_scores: bool = False, skip: int = 0, progress: bool = False,
-            decoder: str = "auto", extensions: Sequence[str] = IMAGE_EXTENSIONS,
-            recursive: bool = True) -> Iterator[TagRecord]:
+            decoder: str = "auto", extensions: Sequence[str] = IMAGE_EXTENSIONS, recursive: bool = True,
+            hash_name: str | None = None, dedup: bool = False, postprocess: TagPostprocess | None = None,
+            shard: tuple[int, int] | None = None, done: Callable[[str], bool] | None = None,
+            wds_image_keys: Sequence[str] = DEFAULT_IMAGE_KEYS, known: Iterable[TagRecord] = ()) -> Iterator[TagRecord]:
         """Tag ``inputs`` (see :func:`~lcie_fast.inputs.expand_inputs`); one record per input, in input order.
 
         Arguments are checked here, when ``tag`` is called, before any input is read; the records
         come as the returned iterator is consumed. Entries a folder or glob scan leaves out are
-        counted in ``stats["skipped"]`` (and reported on stderr and in the log).
+        counted in ``stats["skipped"]`` (and reported on stderr and in the log). Inputs given as
+        paths, folders, globs, lists or manifests are expanded first, so the progress bar knows
+        the total (stdin and generators are streamed).
 
         Args:
             batch_size: Images per backend call (>= 1).
             threshold: One threshold for this call, in [0, 1] (default: the tagger's thresholds).
-            top_k: Keep at most this many labels per image (>= 1).
+            top_k: Keep at most this many labels per image (>= 1; ``postprocess.max_tags``).
             workers: Decoder threads (>= 1; default: CPU count).
             all_scores: Also put every label's score in each record.
-            skip: Leave out the first ``skip`` inputs (resuming an output).
+            skip: Leave out the first ``skip`` inputs of this call's inputs (of the shard, if
+                any) that ``done`` does not leave out: resuming an output.
             progress: Show a tqdm bar.
             decoder: ``threads`` (PIL in a thread pool), ``dali`` (DALI: nvJPEG on a GPU, its CPU
-                decoder otherwise) or ``auto`` (DALI for a GPU backend when installed).
+                decoder otherwise) or ``auto`` (DALI for a GPU backend when installed, unless
+                hashes are asked for: they come from the bytes the threads decoder reads).
+            hash_name: ``sha256`` or ``md5``: each record's content hash, from the bytes read for decoding.
+            dedup: Inputs whose content (``hash_name``, sha256 by default) was seen before in this
+                call (or in ``known``) are not run through the model: their record copies the
+                first one's labels and names it in ``duplicate_of``.
+            postprocess: What happens to each image's tags after the thresholds (exclusions,
+                minimum and maximum counts, order, display names).
+            shard: ``(i, n)``: only the inputs whose position in the whole input order is
+                ``i`` modulo ``n`` (their records keep that position as ``index``).
+            done: Inputs for whose path this returns True are left out (no record): resuming
+                sidecar captions.
+            wds_image_keys: The image member of a WebDataset sample, by extension, first found wins.
+            known: Records of an earlier run of the same output (resuming with ``dedup``).
 
         Raises:
             InvalidInputError: an argument out of range, named.
@@ -256,38 +301,74 @@ class Tagger:
         _check_call(threshold, top_k, batch_size=batch_size, workers=workers, skip=skip)
         if decoder not in ("auto", "threads", "dali"):
             raise InvalidInputError(f"decoder must be auto, threads or dali, got {decoder!r}")
+        if hash_name not in (None, *HASH_NAMES):
+            raise InvalidInputError(f"hash must be one of {', '.join(HASH_NAMES)} or None, got {hash_name!r}")
+        if shard is not None and not (len(shard) == 2 and 0 <= shard[0] < shard[1]):
+            raise InvalidInputError(f"shard must be (i, n) with 0 <= i < n, got {shard!r}")
+        hash_name = hash_name or ("sha256" if dedup else None)
+        if decoder == "dali" and hash_name:
+            raise InvalidInputError("hashes and --dedup need the threads decoder (they come from the bytes it reads); "
+                                    "pass decoder='threads' or 'auto'")
         if decoder == "auto":
             from .data.dali import dali_unavailable_reason
 
-            decoder = "dali" if self.torch_device.type == "cuda" and not dali_unavailable_reason() else "threads"
-        stream = InputItem.numbered(expand_inputs(inputs, extensions=extensions, recursive=recursive,
-                                                  on_skip=lambda path, reason: self._count(skipped=1)), start=skip)
+            decoder = ("dali" if self.torch_device.type == "cuda" and not hash_name and not dali_unavailable_reason()
+                       else "threads")
+        postprocess = postprocess or TagPostprocess()
+        if top_k is not None:
+            postprocess = dataclasses.replace(postprocess, max_tags=top_k)
+        postprocess.check(self.labels)
+        seen = None
+        if dedup:
+            seen = {record.digest[1]: record for record in known
+                    if record.digest is not None and record.error is None and record.duplicate_of is None}
+        call = _Call(threshold, postprocess, all_scores, hash_name, seen)
+        sources = expand_inputs(inputs, extensions=extensions, recursive=recursive, wds_image_keys=wds_image_keys,
+                                on_skip=lambda path, reason: self._count(skipped=1))
+        countable = isinstance(inputs, (str, os.PathLike)) or (
+            isinstance(inputs, (list, tuple)) and not any(isinstance(x, str) and x == "-" for x in inputs))
+
+        def selected(sources: Iterable[Any]) -> Iterator[InputItem]:
+            items = InputItem.numbered(sources)
+            if shard is not None:
+                items = (item for item in items if item.index % shard[1] == shard[0])
+            if done is not None:
+                items = (item for item in items if item.path is None or not done(item.path))
+            return itertools.islice(items, skip, None)
+
+        total = None
+        if countable:
+            sources = list(sources)
+            total = skip + sum(1 for _ in selected(sources))
         workers = workers or max(os.cpu_count() or 1, 1)
         if self.backend.max_batch:
             batch_size = min(batch_size, self.backend.max_batch)
-        batches = (self._dali_batches if decoder == "dali" else self._thread_batches)(stream, batch_size, workers)
-        return self._tagged(batches, threshold, top_k, all_scores, progress, skip)
+        stream = selected(sources)
+        batches = (self._dali_batches(stream, batch_size, workers) if decoder == "dali"
+                   else self._thread_batches(stream, batch_size, workers, hash_name))
+        return self._tagged(batches, call, progress, skip, total)
 
-    def _tagged(self, batches: Iterator[DecodedBatch], threshold: float | None, top_k: int | None,
-                all_scores: bool, progress: bool, skip: int) -> Iterator[TagRecord]:
+    def _tagged(self, batches: Iterator[DecodedBatch], call: _Call, progress: bool, skip: int,
+                total: int | None) -> Iterator[TagRecord]:
         from tqdm.auto import tqdm
 
-        bar = tqdm(desc="tag", unit="img", disable=not progress, dynamic_ncols=True, initial=skip)
+        bar = tqdm(desc="tag", unit="img", disable=not progress, dynamic_ncols=True, initial=skip, total=total)
         try:
             for batch in batches:
-                records = self._records(batch, threshold, top_k, all_scores)
+                records = self._records(batch, call)
                 bar.update(len(records))
                 yield from records
         finally:
             bar.close()
 
-    def _timed_decode(self, item: InputItem) -> tuple[torch.Tensor | None, str | None]:
+    def _timed_decode(self, item: InputItem, hash_name: str | None) -> tuple[torch.Tensor | None, str | None, str | None]:
         start = time.perf_counter()
-        out = decode_input(item, self.preprocess)
+        out = decode_input(item, self.preprocess, hash_name)
         self._count(decode_s=time.perf_counter() - start)
         return out
 
-    def _thread_batches(self, stream: Iterator[InputItem], batch_size: int, workers: int) -> Iterator[DecodedBatch]:
+    def _thread_batches(self, stream: Iterator[InputItem], batch_size: int, workers: int,
+                        hash_name: str | None = None) -> Iterator[DecodedBatch]:
         """Decode ahead in a thread pool (bounded window), batch by batch, in order."""
         window = max(2 * batch_size, workers * 4)
         with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
@@ -299,20 +380,22 @@ class Tagger:
                     if item is None:
                         exhausted = True
                         break
-                    pending.append((item, pool.submit(self._timed_decode, item)))
+                    pending.append((item, pool.submit(self._timed_decode, item, hash_name)))
                 if not pending:
                     return
                 chunk = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
-                items, images, decoded, errors = [], [], [], {}
+                items, images, decoded, errors, digests = [], [], [], {}, {}
                 for position, (item, future) in enumerate(chunk):
-                    image, error = future.result()
+                    image, error, digest = future.result()
                     items.append(item)
+                    if digest is not None:
+                        digests[position] = digest
                     if image is None:
                         errors[position] = error
                     else:
                         images.append(image)
                         decoded.append(position)
-                yield DecodedBatch(items, torch.stack(images) if images else None, decoded, errors)
+                yield DecodedBatch(items, torch.stack(images) if images else None, decoded, errors, digests=digests)
 
     def _dali_batches(self, stream: Iterator[InputItem], batch_size: int, workers: int,
                       chunk: int = 8192) -> Iterator[DecodedBatch]:
@@ -323,9 +406,9 @@ class Tagger:
             items = list(itertools.islice(stream, chunk))
             if not items:
                 return
-            if not all(isinstance(item.source, str) and _plain_file(item.source, self.preprocess.max_bytes)
-                       for item in items):
-                # in-memory images, or files DALI must not read (special, oversized): the threads
+            if not all(isinstance(item.source, str) and not isinstance(item.source, (TarMember, RemotePath, FailedInput))
+                       and _plain_file(item.source, self.preprocess.max_bytes) for item in items):
+                # in-memory images, shard members, URLs, or files DALI must not read (special, oversized): the threads
                 # decoder makes their error records
                 yield from self._thread_batches(iter(items), batch_size, workers)
                 continue
@@ -361,7 +444,7 @@ class Tagger:
             images = torch.stack([self.preprocess.from_array(f.cpu() if isinstance(f, torch.Tensor) else f)
                                   for f in checked])
         batch = DecodedBatch([InputItem(i, None, None) for i in range(len(images))], images, list(range(len(images))), {})
-        return self._records(batch, threshold, top_k, all_scores)
+        return self._records(batch, _Call(threshold, TagPostprocess(max_tags=top_k), all_scores))
 
     def _resize_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """(N, H, W, 3) uint8 tensor -> (N, 3, S, S) uint8 on the tensor's device (GPU resize)."""

@@ -16,7 +16,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lcie_fast"
 FORBIDDEN = [
     *[("runtime", other) for other in ("deploy", "tagger", "cli", "train", "demo", "benchmark")],
     *[("artifacts", other) for other in ("deploy", "runtime", "tagger", "cli", "models", "train")],
-    *[(other, "tagger") for other in ("outputs", "inputs", "runtime", "deploy", "data")],
+    *[(other, "tagger") for other in ("outputs", "inputs", "runtime", "deploy", "data", "postprocess", "thresholds",
+                                      "webdataset", "remote")],
+    *[(other, "batch") for other in ("tagger", "outputs", "inputs", "runtime", "deploy", "data", "postprocess",
+                                     "webdataset", "remote")],
     *[(other, "demo") for other in ("benchmark", "deploy", "tagger", "train")],
     ("deploy", "benchmark"), ("deploy", "info"), ("models", "deploy"), ("models", "runtime"),
     ("ops", "models"), ("data", "models"),

@@ -31,6 +31,7 @@ SUBCOMMANDS: list[tuple[str, str]] = [
     ("lcie_fast.cli.deploy", "add_build_engine_parser"),
     ("lcie_fast.cli.deploy", "add_parity_parser"),
     ("lcie_fast.cli.tag", "add_tag_parser"),
+    ("lcie_fast.cli.tag", "add_tag_merge_parser"),
     ("lcie_fast.cli.tag", "add_tag_video_parser"),
     ("lcie_fast.cli.bench", "add_bench_parser"),
     ("lcie_fast.cli.demo", "add_demo_parser"),

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import itertools
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -48,7 +45,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="torch backends (default fp16 on a GPU)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--threshold", type=_ranged(float, 0, 1), help="one score threshold for every label (default 0.5)")
-    group.add_argument("--thresholds", metavar="JSON", help="per-label thresholds from lcie-fast eval --fit-thresholds")
+    group.add_argument("--thresholds", metavar="FILE", help="per-label thresholds: the JSON of lcie-fast eval "
+                       "--fit-thresholds, a {label: threshold} JSON, or one number per line in label order")
     p.add_argument("--top-k", type=_ranged(int, 1), help="keep at most K labels per input")
     p.add_argument("--batch-size", type=_ranged(int, 1), default=32)
     p.add_argument("--max-pixels", type=_ranged(int, 1), default=80_000_000, help="refuse larger images (decompression bombs)")
@@ -69,38 +67,81 @@ def _tagger(args: argparse.Namespace):
                        max_decode_bytes=args.max_decode_bytes, allow_host_code=args.allow_host_code)
 
 
+def _shard(text: str) -> tuple[int, int]:
+    """``--shard i/n`` -> (i, n), 0 <= i < n."""
+    index, _, count = text.partition("/")
+    try:
+        shard = int(index), int(count)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected i/n (e.g. 3/8), got {text!r}") from None
+    if not 0 <= shard[0] < shard[1]:
+        raise argparse.ArgumentTypeError(f"needs 0 <= i < n, got {text!r} (SLURM: --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)")
+    return shard
+
+
 def add_tag_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("tag", help="tag images: files, folders, globs, manifests, lists, stdin",
-                       description="Tag images with a model, one record per input in input order (JSONL or CSV). "
-                                   "An unreadable input becomes a record with its error. Rerunning onto the same "
-                                   "output resumes after the records already there.")
+    from ..batch import FORMATS, ON_EXISTING
+
+    p = sub.add_parser("tag", help="tag images: files, folders, globs, manifests, lists, stdin, WebDataset shards, URLs",
+                       description="Tag images with a model, one record per input in input order: JSONL, CSV, Parquet or "
+                                   "sidecar captions. An unreadable input becomes a record with its error. Rerunning onto "
+                                   "the same output resumes after the records already there.")
     _add_model_args(p)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="image files, folders (recursive), globs ('imgs/*.jpg'), .csv/.jsonl manifests, @list.txt, or - (stdin)")
-    p.add_argument("-o", "--output", help="JSONL or CSV file (default: JSONL on stdout)")
-    p.add_argument("--format", choices=["jsonl", "csv"], help="default: from the output's suffix, else jsonl")
-    p.add_argument("--all-scores", action="store_true", help="also write every label's score")
+                   help="image files, folders (recursive), globs ('imgs/*.jpg'), .csv/.jsonl manifests, @list.txt, - (stdin), "
+                        "WebDataset shards (shard.tar, 'shard-{000..099}.tar'), fsspec URLs (s3://, gs://, https://)")
+    output = p.add_argument_group("output")
+    output.add_argument("-o", "--output", help="file or URL: .jsonl, .csv, .parquet (default: JSONL on stdout); with "
+                                               "--format txt the JSONL file that receives the error records")
+    output.add_argument("--format", choices=FORMATS, help="default: from the output's suffix, else jsonl; txt: a caption "
+                                                          "file beside each image")
+    output.add_argument("--all-scores", action="store_true", help="also write every label's score (scores_all)")
+    output.add_argument("--hash", choices=["sha256", "md5", "none"], default="none",
+                        help="content hash of each input, from the bytes read for decoding")
+    output.add_argument("--dedup", action="store_true",
+                        help="do not tag repeated content again: the record copies the first one's labels and names "
+                             "it in duplicate_of (hash: sha256 unless --hash says)")
+    output.add_argument("--stats", metavar="JSON", help="statistics of the run (default: <output stem>.stats.json)")
+    output.add_argument("--part-records", type=_ranged(int, 1), default=10_000,
+                        help="Parquet: records per part file (a crash loses at most one part)")
+    output.add_argument("--overwrite", action="store_true", help="start the output afresh instead of resuming it")
+    captions = p.add_argument_group("sidecar captions (--format txt)")
+    captions.add_argument("--caption-ext", default=".txt", help="caption file extension (default %(default)s)")
+    captions.add_argument("--caption-dir", help="write captions under this folder, mirroring the input tree")
+    captions.add_argument("--separator", default=", ", help="between tags (default %(default)r)")
+    captions.add_argument("--on-existing", choices=ON_EXISTING, default="skip",
+                          help="an existing caption: skip it (resume), overwrite it, or append the new tags")
+    tags = p.add_argument_group("tag post-processing (after the thresholds)")
+    tags.add_argument("--max-tags", type=_ranged(int, 1), dest="top_k", help="the same as --top-k")
+    tags.add_argument("--min-tags", type=_ranged(int, 0), default=0,
+                      help="fill up to N tags with the best labels below their thresholds")
+    tags.add_argument("--exclude-tags", metavar="A,B", help="never write these labels")
+    tags.add_argument("--always-first", metavar="A,B", help="these labels, when kept, come first, in this order")
+    tags.add_argument("--replace", metavar="A:B,...", help="write tag A as B")
+    tags.add_argument("--label-map", metavar="FILE", help="display names: JSON {label: name} or a two-column CSV")
+    scale = p.add_argument_group("dataset scale")
+    scale.add_argument("--shard", type=_shard, metavar="I/N",
+                       help="tag the inputs at positions I modulo N of the input order; output <stem>-IIIII-of-NNNNN")
+    scale.add_argument("--per-shard", action="store_true", help="one output beside each WebDataset shard")
+    scale.add_argument("--wds-image-key", default="jpg,jpeg,png,webp",
+                       help="WebDataset: the image member's extension, first found wins (default %(default)s)")
     p.add_argument("--workers", type=_ranged(int, 1), help="decoder threads (default: CPU count)")
     p.add_argument("--decoder", choices=["auto", "threads", "dali"], default="auto")
     p.add_argument("--ext", nargs="*", help="image extensions for folders (default: common image types)")
     p.add_argument("--no-recursive", action="store_true", help="do not descend into sub-folders")
-    p.add_argument("--overwrite", action="store_true", help="start the output afresh instead of resuming it")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_tag)
 
 
 class _RereadableStdin:
     """Stands in for ``sys.stdin`` while a resumed output is checked: stdin can be read only once,
-    so the lines the check reads are handed out again, in front of the rest, after :meth:`rewind`."""
+    so the lines a first pass reads are handed out again, in front of the rest, to the next pass."""
 
     def __init__(self, handle: Any) -> None:
-        self.handle, self.lines, self.replay = handle, [], False
-
-    def rewind(self) -> None:
-        self.replay = True
+        self.handle, self.lines = handle, []
 
     def __iter__(self) -> Iterator[str]:
-        if self.replay:
+        if self.lines:
             lines, self.lines = self.lines, []
             yield from lines
             yield from self.handle
@@ -119,90 +160,76 @@ def _model_sha256(model: str) -> str:
     return sha256_file(model)
 
 
-def _input_spec(inputs: list[str], extensions: list[str], recursive: bool) -> dict[str, Any]:
-    """The inputs as a resumed run must give them again (paths made absolute: keys depend on the folder)."""
-    specs = [text if text == "-" else "@" + os.path.abspath(text[1:]) if text.startswith("@") else os.path.abspath(text)
-             for text in inputs]
-    return {"specs": specs, "extensions": sorted({e.lower() for e in extensions}), "recursive": recursive}
+def _job(args: argparse.Namespace):
+    from ..batch import CaptionOptions, TagJob
+    from ..data.datasets import IMAGE_EXTENSIONS
+    from ..postprocess import TagPostprocess
 
-
-def _check_resumed_inputs(output: str, done: list[str], inputs: list[str], extensions: list[str],
-                          recursive: bool) -> None:
-    """The records already in ``output`` must be those of the first inputs, in order."""
-    from ..inputs import expand_inputs
-    from ..outputs import OutputMismatchError
-
-    matched = 0
-    for number, (key, source) in enumerate(zip(done, expand_inputs(inputs, extensions=extensions,
-                                                                     recursive=recursive)), start=1):
-        if key != str(source):
-            raise OutputMismatchError(
-                f"{output} holds records for other inputs (record {number} is {key}, input {number} is "
-                f"{source}); pass --overwrite or write to another output")
-        matched = number
-    if matched < len(done):
-        raise OutputMismatchError(f"{output} holds {len(done)} records but the inputs give only {matched}: it holds "
-                                  "records of other inputs; pass --overwrite or write to another output")
+    postprocess = TagPostprocess.from_options(exclude=args.exclude_tags, always_first=args.always_first,
+                                              replace=args.replace, label_map=args.label_map,
+                                              min_tags=args.min_tags, max_tags=args.top_k)
+    extensions = [e if e.startswith(".") else f".{e}" for e in args.ext] if args.ext else IMAGE_EXTENSIONS
+    keys = tuple(key.strip().lstrip(".").lower() for key in args.wds_image_key.split(",") if key.strip())
+    return TagJob(args.inputs, args.output, args.format, batch_size=args.batch_size, all_scores=args.all_scores,
+                  workers=args.workers, decoder=args.decoder, extensions=tuple(extensions),
+                  recursive=not args.no_recursive, hash_name=None if args.hash == "none" else args.hash,
+                  dedup=args.dedup, postprocess=postprocess, shard=args.shard, wds_image_keys=keys,
+                  captions=CaptionOptions(args.caption_ext, args.caption_dir, args.separator, args.on_existing),
+                  overwrite=args.overwrite, progress=not args.no_progress, stats=args.stats,
+                  part_records=args.part_records)
 
 
 def run_tag(args: argparse.Namespace) -> int:
-    from ..data.datasets import IMAGE_EXTENSIONS
-    from ..outputs import OutputWriteError, RecordWriter, check_settings, inspect_output
+    from ..batch import per_shard_jobs, plan_job, run_job
 
-    fmt = args.format or ("csv" if args.output and args.output.endswith(".csv") else "jsonl")
-    extensions = [e if e.startswith(".") else f".{e}" for e in args.ext] if args.ext else IMAGE_EXTENSIONS
-    recursive = not args.no_recursive
-    settings, done = None, None
-    if args.output:
-        # everything about the output that can be checked is checked before the model loads
-        settings = {"format": fmt, "model_sha256": _model_sha256(args.model), "top_k": args.top_k,
-                    "all_scores": args.all_scores, "inputs": _input_spec(args.inputs, extensions, recursive)}
-        done = inspect_output(args.output, fmt, settings, overwrite=args.overwrite)
+    job = _job(args)
+    jobs = per_shard_jobs(job) if args.per_shard else [job]
+    # every output is checked before the model loads
+    model_sha256 = _model_sha256(args.model)
+    plans = [plan_job(each, args.model, model_sha256) for each in jobs]
     stdin = sys.stdin
+    if "-" in args.inputs:
+        sys.stdin = _RereadableStdin(stdin)  # a resumed output checks the first lines before tagging reads them
     try:
-        if done:
-            if "-" in args.inputs:
-                sys.stdin = _RereadableStdin(stdin)
-            _check_resumed_inputs(args.output, done, args.inputs, extensions, recursive)
-            if isinstance(sys.stdin, _RereadableStdin):
-                sys.stdin.rewind()
-        if done is not None:
-            print(f"resuming {args.output}: {len(done)} records already there", file=sys.stderr)
         tagger = _tagger(args)
-        if settings is not None:
-            settings.update(labels=list(tagger.labels), thresholds=[float(t) for t in tagger.thresholds])
-            if done is not None:
-                check_settings(args.output, settings)
-        writer = RecordWriter(args.output or sys.stdout, fmt, append=done is not None, settings=settings)
-        start = time.perf_counter()
-        written = errors = 0
-        try:
-            records = tagger.tag(args.inputs, batch_size=args.batch_size, top_k=args.top_k, workers=args.workers,
-                                 all_scores=args.all_scores, skip=len(done or []), progress=not args.no_progress,
-                                 decoder=args.decoder, extensions=extensions, recursive=recursive)
-            while True:
-                chunk = list(itertools.islice(records, args.batch_size))
-                if not chunk:
-                    break
-                writer.write(chunk)
-                written += len(chunk)
-                errors += sum(record.error is not None for record in chunk)
-        except BaseException:
-            with contextlib.suppress(OutputWriteError):  # the first error is the one to show
-                writer.close()
-            raise
-        writer.close()
+        for each, plan in zip(jobs, plans):
+            stats = run_job(each, tagger, plan, model=args.model)
+            _summary(each, stats)
     finally:
         sys.stdin = stdin
-    seconds = time.perf_counter() - start
-    model_rate = tagger.stats["images"] / tagger.stats["model_s"] if tagger.stats["model_s"] else 0.0
-    skipped = tagger.stats.get("skipped", 0)
-    print(f"tagged {written} inputs ({errors} unreadable"
+    return 0
+
+
+def _summary(job: Any, stats: dict[str, Any]) -> None:
+    kinds = ", ".join(f"{count} {kind}" for kind, count in stats["errors_by_kind"].items())
+    skipped = stats["skipped_by_scans"]
+    print(f"tagged {stats['this_run']} inputs ({stats['errors']} unreadable" + (f": {kinds}" if kinds else "")
+          + (f"; {stats['duplicates']} duplicates" if stats["duplicates"] else "")
           + (f"; {skipped} paths under folders/globs left out, see the log" if skipped else "")
-          + f") with {tagger.backend.label} in {seconds:.1f} s: "
-          f"{written / max(seconds, 1e-9):.1f} inputs/s end to end"
-          + (f", model alone {model_rate:.1f} img/s" if model_rate else "")
-          + (f" -> {args.output}" if args.output else ""), file=sys.stderr)
+          + f") with {stats['backend']} in {stats['seconds']:.1f} s: {stats['images_per_s'] or 0:.1f} inputs/s end to end"
+          + (f", model alone {stats['model_images_per_s']:.1f} img/s" if stats["model_images_per_s"] else "")
+          + (f" -> {job.output}" if job.output else "") + (f" (stats: {job.stats})" if job.stats else ""),
+          file=sys.stderr)
+
+
+def add_tag_merge_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tag-merge", help="merge the shard outputs of one run into one output, in input order",
+                       description="Merge the outputs of `lcie-fast tag --shard i/n` (JSONL, CSV or Parquet, mixed "
+                                   "formats allowed) into one output in input order. Refuses shards of different runs "
+                                   "(model, thresholds, inputs ...), a missing or unfinished shard, a record twice, or a "
+                                   "gap in the input order, unless --partial.")
+    p.add_argument("inputs", nargs="+", metavar="SHARD_OUTPUT")
+    p.add_argument("-o", "--output", required=True, help="merged output: .jsonl, .csv or .parquet")
+    p.add_argument("--format", choices=["jsonl", "csv", "parquet"], help="default: from the output's suffix")
+    p.add_argument("--partial", action="store_true", help="merge what is there (unfinished shards, gaps)")
+    p.set_defaults(func=run_tag_merge)
+
+
+def run_tag_merge(args: argparse.Namespace) -> int:
+    from ..outputs.merge import merge_outputs
+
+    summary = merge_outputs(args.inputs, args.output, args.format, partial=args.partial)
+    print(f"merged {len(args.inputs)} outputs -> {args.output}: {json.dumps(summary)}", file=sys.stderr)
     return 0
 
 
