@@ -78,6 +78,20 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def read_fd(fd: int, limit: int, offset: int | None = None) -> bytes:
+    """Up to ``limit`` bytes of an open descriptor (from ``offset`` with ``pread``, else from its
+    position), in chunks of at most 16 MiB, stopping at the end of the file. Raises OSError."""
+    chunks, total = [], 0
+    while total < limit:
+        step = min(limit - total, 16 << 20)
+        chunk = os.read(fd, step) if offset is None else os.pread(fd, step, offset + total)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
+
+
 def special_file_kind(mode: int) -> str:
     """What a file that is not a regular file or a folder is, for messages: ``named pipe (FIFO)``,
     ``character device``, ``block device``, ``socket`` or ``special file``."""

@@ -30,7 +30,7 @@ from typing import IO, Any
 from . import remote
 from .data.transforms import ImageDecodeError
 from .errors import InputNotFoundError, InvalidInputError, UserError
-from .io import special_file_kind
+from .io import read_fd, special_file_kind
 
 DEFAULT_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 # Compressed tars are refused: a member of a compressed stream cannot be read without the bytes before it.
@@ -366,15 +366,8 @@ def _pread(path: str, offset: int, size: int, name: str) -> bytes:
     except OSError as err:
         raise ImageDecodeError(f"{name}: cannot read: {err.strerror or err}") from None
     try:
-        chunks, total = [], 0
-        while total < size:
-            chunk = os.pread(fd, size - total, offset + total)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
+        return read_fd(fd, size, offset)
     except OSError as err:
         raise ImageDecodeError(f"{name}: cannot read: {err.strerror or err}") from None
     finally:
         os.close(fd)
-    return b"".join(chunks)

@@ -86,6 +86,19 @@ def traffic5() -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny5_checkpoint(tmp_path_factory) -> Path:
+    """A saved ``lcie_tiny`` checkpoint with fixed random weights and traffic5's five labels."""
+    import torch
+
+    from lcie_fast import create_model
+    from lcie_fast.models.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt", create_model("lcie_tiny", num_classes=5),
+                           label_names=["bus", "car", "motorbike", "person", "truck"])
+
+
 @pytest.fixture
 def tiny_model():
     """A fresh ``lcie_tiny`` model with fixed random weights."""

@@ -12,13 +12,10 @@ import tarfile
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from lcie_fast import create_model
 from lcie_fast.batch import CaptionOptions, TagJob, plan_job, run_job, shard_output_name
 from lcie_fast.cli import main
-from lcie_fast.models.checkpoint import save_checkpoint
 from lcie_fast.outputs.merge import merge_outputs, read_output, record_fields
 from lcie_fast.tagger import Tagger
 
@@ -27,10 +24,8 @@ LABELS = ["bus", "car", "motorbike", "person", "truck"]
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    return save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt", create_model("lcie_tiny", num_classes=5),
-                           label_names=LABELS)
+def checkpoint(tiny5_checkpoint):
+    return tiny5_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -29,10 +29,8 @@ LABELS = ["bus", "car", "motorbike", "person", "truck"]
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    return save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt", create_model("lcie_tiny", num_classes=5),
-                           label_names=LABELS)
+def checkpoint(tiny5_checkpoint):
+    return tiny5_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,7 @@ a missing shard, an unfinished one, an index twice, a gap, other settings are re
 
 from __future__ import annotations
 
-import hashlib
 import json
-import random
 
 import pytest
 
@@ -16,33 +14,15 @@ from lcie_fast.outputs import OutputMismatchError, RecordFields, RecordWriter, T
 from lcie_fast.outputs.merge import merge_outputs, read_output
 
 pytest.importorskip("pyarrow", reason="the parquet extra (pyarrow) is not installed")
+from records_data import LABELS, make_records  # noqa: E402
+
 from lcie_fast.outputs.parquet import ParquetRecordWriter  # noqa: E402
 
-LABELS = ("car", "bus", "b:c")  # a label with ':' (CSV tags split on the last one)
 FIELDS = RecordFields(LABELS, all_scores=True, hash_name="md5", dedup=True)
 SETTINGS = {"model_sha256": "ab" * 32, "labels": list(LABELS), "thresholds": [0.5, 0.4, 0.3], "top_k": None,
             "all_scores": True, "hash": "md5", "dedup": True, "postprocess": {"exclude": []},
             "inputs": {"specs": ["/data/imgs"], "recursive": True}}
 FORMATS = ("jsonl", "csv", "parquet")
-
-
-def make_records(count: int, seed: int = 0) -> list[TagRecord]:
-    """Records with every field and every oddity: in-memory inputs, errors, non-finite scores, duplicates."""
-    rng = random.Random(seed)
-    records = []
-    for index in range(count):
-        scores = {label: rng.random() for label in LABELS}
-        kept = [(label, score) for label, score in scores.items() if score > 0.3]
-        path = None if index % 7 == 3 else f"imgs/ü,{index:04d}.jpg"  # a comma: quoted in CSV
-        error = "corrupt image: truncated" if index % 5 == 4 else None
-        if error:
-            kept, scores = [], None
-        elif index % 6 == 1:
-            scores["bus"] = float("nan")
-        duplicate = "imgs/ü,0000.jpg" if index % 4 == 2 else None
-        records.append(TagRecord(index, path, kept, error, scores, ("md5", hashlib.md5(bytes([index])).hexdigest()),
-                                 duplicate))
-    return records
 
 
 def expected(records: list[TagRecord]) -> list[dict]:

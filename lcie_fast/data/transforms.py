@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ..config import PreprocessConfig
 from ..errors import InvalidInputError, UserError
-from ..io import special_file_kind
+from ..io import read_fd, special_file_kind
 
 # An image larger than this many pixels is refused before it is decoded (decompression bombs).
 DEFAULT_MAX_PIXELS = 80_000_000
@@ -79,20 +79,13 @@ def read_image_bytes(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> by
         raise ImageDecodeError(f"{name}: cannot read: {getattr(err, 'strerror', None) or err}") from None
     try:
         _check_regular(os.fstat(fd), name, max_bytes)
-        chunks, total = [], 0
-        while total <= max_bytes:
-            chunk = os.read(fd, min(max_bytes + 1 - total, 16 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
+        data = read_fd(fd, max_bytes + 1)  # one byte more than allowed: a file that grows while it is read
     except OSError as err:
         raise ImageDecodeError(f"{name}: cannot read: {err.strerror or err}") from None
     finally:
         os.close(fd)
-    if total > max_bytes:
+    if len(data) > max_bytes:
         raise ImageDecodeError(f"{name}: over the limit of {max_bytes:,} bytes (it grew while it was read)")
-    data = b"".join(chunks)
     if not data:
         raise ImageDecodeError(f"{name}: empty file (zero bytes)")
     return data
