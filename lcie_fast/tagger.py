@@ -422,6 +422,23 @@ class Tagger:
                                    [position[i] for i in batch.indices.cpu().tolist()],
                                    {position[i]: reason for i, _, reason in batch.failed}, normalized=True)
 
+    def tag_decoded(self, batch: DecodedBatch, *, threshold: float | None = None,
+                    postprocess: TagPostprocess | None = None, all_scores: bool = False,
+                    hash_name: str | None = None) -> list[TagRecord]:
+        """Records of a batch decoded elsewhere (a Ray map step, your own loader): the same post-processing,
+        error records and statistics as :meth:`tag`. ``batch.digests`` become the records' hashes
+        (``hash_name``); duplicates are not looked for here (see ``dedup`` in :meth:`tag`).
+
+        Raises:
+            InvalidInputError: a threshold, post-processing or hash name out of range.
+        """
+        _check_call(threshold, None)
+        if hash_name not in (None, *HASH_NAMES):
+            raise InvalidInputError(f"hash must be one of {', '.join(HASH_NAMES)} or None, got {hash_name!r}")
+        postprocess = postprocess or TagPostprocess()
+        postprocess.check(self.labels)
+        return self._records(batch, _Call(threshold, postprocess, all_scores, hash_name))
+
     def tag_frames(self, frames: Any, *, threshold: float | None = None, top_k: int | None = None,
                    all_scores: bool = False) -> list[TagRecord]:
         """Tag a batch of frames you decoded yourself: (N, H, W, 3) uint8, NumPy or a torch tensor

@@ -57,6 +57,8 @@ def _skip_reason(marker: str, config: pytest.Config) -> str | None:
         if not INTERPRETER_AT_START:
             return "Triton interpreter tests need TRITON_INTERPRET=1 set before pytest starts (make test runs them)"
         return None
+    if marker == "ray":
+        return None if importlib.util.find_spec("ray") else "needs Ray Data: pip install 'lcie-fast[ray]'"
     if marker == "triton":
         from lcie_fast.ops.triton_support import triton_runtime_reasons
 
