@@ -27,10 +27,11 @@ import dataclasses
 import os
 import platform
 import shutil
+import stat
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +94,11 @@ class TagJob:
     progress: bool = True
     stats: str | None = None
     part_records: int = 10_000
+    stats_beside_output: bool = dataclasses.field(default=False, init=False)  # the default statistics path
 
     def __post_init__(self) -> None:
+        if self.output == "-":
+            self.output = None  # stdout, as '-' is stdin for inputs
         self.fmt = output_format(self.output, self.fmt)
         if self.shard is not None:
             index, count = self.shard
@@ -110,10 +114,11 @@ class TagJob:
                                         f"got {self.captions.on_existing!r}")
         elif self.fmt == "parquet" and self.output is None:
             raise InvalidInputError("--format parquet needs -o/--output (a .parquet file)")
-        if self.shard is not None and self.fmt != "txt":
+        if self.shard is not None:
             self.output = shard_output_name(self.output, self.shard)
-        if self.stats is None and self.output is not None:
-            self.stats = _stem(self.output) + ".stats.json"
+        if self.stats is None and self.output is not None and _regular_or_absent(self.output):
+            self.stats = _stem(self.output) + ".stats.json"  # not beside a device (-o /dev/null)
+            self.stats_beside_output = True
         if self.dedup and self.hash_name is None:
             self.hash_name = "sha256"
 
@@ -133,6 +138,18 @@ class TagJob:
             return items
         index, count = self.shard
         return (item for item in items if item.index % count == index)
+
+
+def _regular_or_absent(path: str) -> bool:
+    """A URL, a regular file, or nothing yet (not a device, FIFO or folder)."""
+    from .remote import is_url
+
+    if is_url(path):
+        return True
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return not os.path.lexists(path) if isinstance(path, str) else True
 
 
 def output_format(output: str | None, fmt: str | None) -> str:
@@ -215,6 +232,7 @@ def plan_job(job: TagJob, model: str | Path, model_sha256: str | None = None) ->
             raise ModelNotFoundError(f"model not found: {model}")
         model_sha256 = sha256_file(model)
     settings = job.settings(model_sha256)
+    _check_paths(job)
     if job.output is None or job.fmt == "txt":
         return Plan(settings, None, model_sha256=model_sha256)
     if job.fmt == "parquet":
@@ -232,6 +250,57 @@ def plan_job(job: TagJob, model: str | Path, model_sha256: str | None = None) ->
 
             download(job.output + SIDECAR_SUFFIX, str(sidecar_path(target)))
     return Plan(settings, inspect_output(target, job.fmt, settings, overwrite=job.overwrite), staging, model_sha256)
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _check_paths(job: TagJob) -> None:
+    """Refuse, before anything is written, an output or statistics file that is one of the inputs, statistics
+    over the output (or its settings), and statistics that cannot be written or would replace another file.
+
+    Raises:
+        InvalidInputError: which path, and why.
+    """
+    import json
+
+    from .outputs import sidecar_path
+    from .remote import is_url
+
+    inputs = [os.fspath(text).removeprefix("@") for text in job.inputs
+              if isinstance(text, (str, os.PathLike)) and os.fspath(text) != "-"]
+    inputs = [text for text in inputs if not is_url(text) and os.path.isfile(text)]
+    for flag, path in (("-o/--output", job.output), ("--stats", job.stats)):
+        if path is None or is_url(path):
+            continue
+        clash = next((text for text in inputs if _same_file(text, path)), None)
+        if clash is not None:
+            raise InvalidInputError(f"{flag} {path} is one of the inputs ({clash}): writing it would destroy the input "
+                                    "before it is read; choose another output")
+    if job.stats is None or is_url(job.stats):
+        return
+    if job.output is not None and not is_url(job.output) and any(
+            _same_file(job.stats, str(path)) for path in (job.output, sidecar_path(job.output))):
+        raise InvalidInputError(f"--stats {job.stats} is the output (or its settings file): choose another statistics file")
+    if os.path.lexists(job.stats):
+        try:
+            data = json.loads(Path(job.stats).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            data = None
+        if not (isinstance(data, dict) and {"inputs", "format", "seconds"} <= data.keys()):
+            raise InvalidInputError(f"--stats {job.stats} exists and is not an lcie-fast statistics file; refusing to "
+                                    "write over it: remove it or choose another path")
+    if job.stats_beside_output:
+        return  # its folder is the output's: the output's own checks name a folder that cannot be written
+    folder = Path(job.stats).parent
+    existing = next((parent for parent in (folder, *folder.parents) if parent.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise InvalidInputError(f"--stats {job.stats}: cannot be written ({existing} is "
+                                f"{'not a folder' if not existing.is_dir() else 'not writable'})")
 
 
 def check_resumed_inputs(job: TagJob, done: list[str], output: str) -> None:
@@ -273,7 +342,8 @@ class _Writer:
 
             options = job.captions
             self.inner = CaptionWriter(caption_ext=options.ext, caption_dir=options.folder,
-                                       input_root=_input_root(job.inputs), separator=options.separator,
+                                       input_root=_input_root(job) if options.folder else None,
+                                       separator=options.separator,
                                        on_existing=options.on_existing, errors_path=job.output)
         else:
             from .outputs import RecordWriter
@@ -293,16 +363,25 @@ class _Writer:
             abort()
 
 
-def _input_root(inputs: Sequence[Any]) -> str | None:
-    """The folder the inputs were given under (mirrored by ``--caption-dir``): the common folder of the local inputs."""
+def _input_root(job: TagJob) -> str | None:
+    """The folder ``--caption-dir`` mirrors: the common folder of the local inputs as given (folders,
+    files), or, when lists, manifests or globs name them, of the files they expand to."""
     from .remote import is_url
 
-    local = [os.path.abspath(os.fspath(text)) for text in inputs
-             if isinstance(text, (str, os.PathLike)) and os.fspath(text) != "-" and not os.fspath(text).startswith("@")
-             and not is_url(os.fspath(text))]
+    texts = [os.fspath(text) for text in job.inputs if isinstance(text, (str, os.PathLike))]
+    local = [text for text in texts if text != "-" and not is_url(text.lstrip("@"))]
     if not local:
         return None
-    folders = [path if os.path.isdir(path) else os.path.dirname(path) for path in local]
+    if all(not text.startswith("@") and (os.path.isdir(text) or os.path.isfile(text)) and
+           not text.lower().endswith((".csv", ".jsonl", ".tar")) for text in local):
+        paths = local
+    else:
+        paths = [item for item in expand_inputs(job.inputs, extensions=job.extensions, recursive=job.recursive,
+                                                wds_image_keys=job.wds_image_keys)
+                 if isinstance(item, str) and "#" not in item and not is_url(item)]
+    if not paths:
+        return None
+    folders = [os.path.abspath(path if os.path.isdir(path) else os.path.dirname(path) or ".") for path in paths]
     return os.path.commonpath(folders)
 
 
@@ -348,11 +427,7 @@ def run_job(job: TagJob, tagger: Any, plan: Plan, *, model: str | None = None,
             step = time.perf_counter()
             writer.write(chunk)
             write_s += time.perf_counter() - step
-            for record in chunk:
-                kind = error_kind(record.finite_error())
-                counts["records"] += 1
-                counts[f"error:{kind}" if kind else "tagged"] += 1
-                counts["duplicates"] += record.duplicate_of is not None
+            _count_records(counts, chunk)
             if on_chunk is not None:
                 on_chunk(chunk)
     except BaseException:
@@ -363,13 +438,38 @@ def run_job(job: TagJob, tagger: Any, plan: Plan, *, model: str | None = None,
     writer.close()
     if job.fmt in ("jsonl", "csv") and target is not None and read_settings(target) is not None:
         mark_complete(target)
-    _upload_staged(job, plan, target)
     write_s += time.perf_counter() - step
     seconds = time.perf_counter() - start
-    stats = _statistics(job, tagger, counts, len(done), seconds, write_s, model, plan.model_sha256)
-    if job.stats:
-        _write_stats(stats, job.stats)
+    totals = None
+    try:
+        if plan.done and job.fmt != "txt":  # the statistics describe the whole output, not only this run's part
+            from .outputs.merge import read_output
+
+            totals = collections.Counter()
+            _count_records(totals, read_output(target)[1])
+    finally:
+        _upload_staged(job, plan, target)
+    if not counts["records"] and not plan.done:
+        print(f"lcie-fast: warning: the inputs ({', '.join(map(str, list(job.inputs)[:3]))}"
+              f"{' ...' if len(job.inputs) > 3 else ''}) gave nothing to tag", file=sys.stderr)
+    stats = _statistics(job, tagger, counts, totals, len(done), seconds, write_s, model, plan.model_sha256)
+    if job.stats and not (plan.done and not counts["records"] and _stats_exist(job.stats)):
+        _write_stats(stats, job.stats)  # a rerun over a finished output keeps the statistics of the run that made it
     return stats
+
+
+def _count_records(counts: collections.Counter, records: Iterable[TagRecord]) -> None:
+    for record in records:
+        kind = error_kind(record.finite_error(), record.path)
+        counts["records"] += 1
+        counts[f"error:{kind}" if kind else "tagged"] += 1
+        counts["duplicates"] += record.duplicate_of is not None
+
+
+def _stats_exist(path: str) -> bool:
+    from .remote import exists, is_url
+
+    return exists(path) if is_url(path) else os.path.isfile(path)
 
 
 def _errored_paths(errors_path: str) -> set[str]:
@@ -424,13 +524,15 @@ def _upload_staged(job: TagJob, plan: Plan, target: str | None) -> None:
         shutil.rmtree(plan.staging, ignore_errors=True)
 
 
-def _statistics(job: TagJob, tagger: Any, counts: collections.Counter, resumed: int, seconds: float, write_s: float,
-                model: str | None, model_sha256: str) -> dict[str, Any]:
+def _statistics(job: TagJob, tagger: Any, counts: collections.Counter, totals: collections.Counter | None, resumed: int,
+                seconds: float, write_s: float, model: str | None, model_sha256: str) -> dict[str, Any]:
+    """The run's statistics; ``totals``: counts over the whole output when it was resumed (else this run's)."""
     import torch
 
     from . import __version__
 
-    errors = {key.split(":", 1)[1]: value for key, value in sorted(counts.items()) if key.startswith("error:")}
+    whole = totals if totals is not None else counts
+    errors = {key.split(":", 1)[1]: value for key, value in sorted(whole.items()) if key.startswith("error:")}
     records = counts["records"]
     versions = {"lcie_fast": __version__, "torch": torch.__version__, "python": platform.python_version()}
     with contextlib.suppress(ImportError):
@@ -438,9 +540,9 @@ def _statistics(job: TagJob, tagger: Any, counts: collections.Counter, resumed: 
 
         versions["onnxruntime"] = onnxruntime.__version__
     return {
-        "inputs": resumed + records, "resumed": resumed, "this_run": records, "tagged": counts["tagged"],
-        "errors": sum(errors.values()), "errors_by_kind": errors, "duplicates": counts["duplicates"],
-        "skipped_by_scans": tagger.stats.get("skipped", 0), "seconds": round(seconds, 3),
+        "inputs": whole["records"] if totals is not None else resumed + records, "resumed": resumed,
+        "this_run": records, "tagged": whole["tagged"], "errors": sum(errors.values()), "errors_by_kind": errors,
+        "duplicates": whole["duplicates"], "skipped_by_scans": tagger.stats.get("skipped", 0), "seconds": round(seconds, 3),
         "images_per_s": round(records / seconds, 2) if seconds > 0 else None,
         "model_images_per_s": round(tagger.stats["images"] / tagger.stats["model_s"], 2) if tagger.stats["model_s"] else None,
         "write_s": round(write_s, 3), "write_share": round(write_s / seconds, 4) if seconds > 0 else None,
@@ -466,8 +568,17 @@ def _write_stats(stats: dict[str, Any], path: str) -> None:
     write_json(stats, path)
 
 
-def per_shard_jobs(job: TagJob) -> list[TagJob]:
-    """``--per-shard``: one job per WebDataset shard of ``job.inputs``, its output beside the shard."""
+def per_shard_jobs(job: TagJob, shard: tuple[int, int] | None = None) -> list[TagJob]:
+    """``--per-shard``: one job per WebDataset shard of ``job.inputs``, its output beside the shard
+    (``shard-000.tar`` -> ``shard-000.jsonl``; captions: ``shard-000.errors.jsonl``).
+
+    Args:
+        job: The job (no output or statistics path of its own: each shard's go beside it).
+        shard: ``(i, n)``: only the shards at positions ``i`` modulo ``n`` (a SLURM array over shards).
+
+    Raises:
+        InvalidInputError: inputs that are not shards, or an output or statistics path given.
+    """
     from .webdataset import expand_shards
 
     others = [text for text in job.inputs if not os.fspath(text).endswith(".tar")]
@@ -475,6 +586,8 @@ def per_shard_jobs(job: TagJob) -> list[TagJob]:
         raise InvalidInputError(f"--per-shard needs WebDataset shards (.tar files or brace patterns of them) as the only "
                                 f"inputs, got {others[0]!r}")
     shards = expand_shards(job.inputs)
+    if shard is not None:
+        shards = shards[shard[0]::shard[1]]
     suffix = SUFFIXES[job.fmt] if job.fmt != "txt" else ".errors.jsonl"
-    return [dataclasses.replace(job, inputs=[shard], output=_stem(shard) + suffix, stats=None, shard=None)
-            for shard in shards]
+    return [dataclasses.replace(job, inputs=[path], output=_stem(path) + suffix, stats=None, shard=None)
+            for path in shards]

@@ -337,13 +337,14 @@ class Tagger:
             return itertools.islice(items, skip, None)
 
         total = None
-        if countable:
-            sources = list(sources)
-            total = skip + sum(1 for _ in selected(sources))
+        stream = selected(sources)
+        if countable:  # listed now: the bar knows the total, and ``done`` is asked once, before any output is written
+            stream = list(stream)
+            total = skip + len(stream)
+            stream = iter(stream)
         workers = workers or max(os.cpu_count() or 1, 1)
         if self.backend.max_batch:
             batch_size = min(batch_size, self.backend.max_batch)
-        stream = selected(sources)
         batches = (self._dali_batches(stream, batch_size, workers) if decoder == "dali"
                    else self._thread_batches(stream, batch_size, workers, hash_name))
         return self._tagged(batches, call, progress, skip, total)

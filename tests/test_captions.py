@@ -98,8 +98,12 @@ def test_members_and_urls_need_caption_dir(tmp_path, path, kind):
 def test_paths_leaving_caption_dir_are_refused(tmp_path, path):
     writer = CaptionWriter(caption_dir=tmp_path / "caps", errors_path=tmp_path / "errors.jsonl")
     with pytest.raises(InvalidInputError, match="would leave --caption-dir"):
-        writer.write([record(path, "car")])
-    assert files(tmp_path) == []
+        writer.caption_path(path)
+    assert not writer.exists(path)
+    writer.write([record(path, "car")])  # one refused path is an error record, not the end of the run
+    writer.close()
+    assert files(tmp_path) == ["errors.jsonl"]
+    assert "would leave --caption-dir" in json.loads((tmp_path / "errors.jsonl").read_text())["error"]
 
 
 def test_absolute_member_keys_stay_inside_caption_dir(tmp_path):
@@ -112,7 +116,7 @@ def test_refusals(tmp_path):
     with pytest.raises(InvalidInputError, match="would replace the image itself"):
         CaptionWriter(caption_ext=".jpg", errors_path=tmp_path / "e").caption_path(path)
     with pytest.raises(InvalidInputError, match="in-memory image has no path"):
-        CaptionWriter(errors_path=tmp_path / "e").write([record(None, "car")])
+        CaptionWriter(errors_path=tmp_path / "e").caption_path(None)
     with pytest.raises(InvalidInputError, match="--on-existing must be one of skip, overwrite, append"):
         CaptionWriter(on_existing="merge", errors_path=tmp_path / "e")
     with pytest.raises(InvalidInputError, match="--caption-ext"):

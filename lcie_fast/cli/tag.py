@@ -47,7 +47,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     group.add_argument("--threshold", type=_ranged(float, 0, 1), help="one score threshold for every label (default 0.5)")
     group.add_argument("--thresholds", metavar="FILE", help="per-label thresholds: the JSON of lcie-fast eval "
                        "--fit-thresholds, a {label: threshold} JSON, or one number per line in label order")
-    p.add_argument("--top-k", type=_ranged(int, 1), help="keep at most K labels per input")
+    p.add_argument("--top-k", type=_ranged(int, 1), metavar="K", help="keep at most K labels per input")
     p.add_argument("--batch-size", type=_ranged(int, 1), default=32)
     p.add_argument("--max-pixels", type=_ranged(int, 1), default=80_000_000, help="refuse larger images (decompression bombs)")
     p.add_argument("--max-bytes", type=_ranged(int, 1), default=DEFAULT_MAX_BYTES,
@@ -112,8 +112,8 @@ def add_tag_parser(sub: argparse._SubParsersAction) -> None:
     captions.add_argument("--on-existing", choices=ON_EXISTING, default="skip",
                           help="an existing caption: skip it (resume), overwrite it, or append the new tags")
     tags = p.add_argument_group("tag post-processing (after the thresholds)")
-    tags.add_argument("--max-tags", type=_ranged(int, 1), dest="top_k", help="the same as --top-k")
-    tags.add_argument("--min-tags", type=_ranged(int, 0), default=0,
+    tags.add_argument("--max-tags", type=_ranged(int, 1), dest="top_k", metavar="K", help="the same as --top-k")
+    tags.add_argument("--min-tags", type=_ranged(int, 0), default=0, metavar="N",
                       help="fill up to N tags with the best labels below their thresholds")
     tags.add_argument("--exclude-tags", metavar="A,B", help="never write these labels")
     tags.add_argument("--always-first", metavar="A,B", help="these labels, when kept, come first, in this order")
@@ -122,7 +122,9 @@ def add_tag_parser(sub: argparse._SubParsersAction) -> None:
     scale = p.add_argument_group("dataset scale")
     scale.add_argument("--shard", type=_shard, metavar="I/N",
                        help="tag the inputs at positions I modulo N of the input order; output <stem>-IIIII-of-NNNNN")
-    scale.add_argument("--per-shard", action="store_true", help="one output beside each WebDataset shard")
+    scale.add_argument("--per-shard", action="store_true",
+                       help="one output (and statistics file) beside each WebDataset shard; with --shard I/N only the "
+                            "shards at positions I modulo N")
     scale.add_argument("--wds-image-key", default="jpg,jpeg,png,webp",
                        help="WebDataset: the image member's extension, first found wins (default %(default)s)")
     p.add_argument("--workers", type=_ranged(int, 1), help="decoder threads (default: CPU count)")
@@ -179,14 +181,31 @@ def _job(args: argparse.Namespace):
                   part_records=args.part_records)
 
 
-def run_tag(args: argparse.Namespace) -> int:
-    from ..batch import per_shard_jobs, plan_job, run_job
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM (preemption, SLURM, ``kill``) unwinds like an exception: outputs are closed, Parquet parts kept,
+    a remote output uploaded, so a rerun resumes."""
+    raise SystemExit(128 + signum)
 
-    job = _job(args)
-    jobs = per_shard_jobs(job) if args.per_shard else [job]
+
+def run_tag(args: argparse.Namespace) -> int:
+    import signal
+
+    from ..batch import per_shard_jobs, plan_job, run_job
+    from ..errors import InvalidInputError
+
+    if args.per_shard:
+        if args.output or args.stats:
+            raise InvalidInputError("--per-shard writes each shard's output and statistics beside the shard: drop "
+                                    f"{'-o/--output' if args.output else '--stats'} (or tag the shards into one output "
+                                    "without --per-shard)")
+        shard, args.shard, args.output = args.shard, None, "-"
+        jobs = per_shard_jobs(_job(args), shard)
+    else:
+        jobs = [_job(args)]
     # every output is checked before the model loads
     model_sha256 = _model_sha256(args.model)
     plans = [plan_job(each, args.model, model_sha256) for each in jobs]
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     stdin = sys.stdin
     if "-" in args.inputs:
         sys.stdin = _RereadableStdin(stdin)  # a resumed output checks the first lines before tagging reads them

@@ -18,6 +18,7 @@ to an errors file (JSON lines, appended), so nothing is silently lost.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -85,6 +86,7 @@ class CaptionWriter:
         self._split_on = separator.strip() or separator  # ", " -> ","; "\n" stays "\n"
         self._errors: IO[str] | None = None
         self.written = self.skipped = self.appended = self.errors = 0
+        self._owners: dict[Path, str | None] = {}  # caption -> the input that has it in this run (name clashes)
 
     # ------------------------------------------------------------------------- paths
     def caption_path(self, record_path: str | None) -> Path:
@@ -147,18 +149,25 @@ class CaptionWriter:
         return self.caption_dir.joinpath(*parts)
 
     def exists(self, record_path: str | None) -> bool:
-        """Whether the input's caption file exists (the skip/resume filter applied before tagging)."""
-        return self.caption_path(record_path).exists()
+        """Whether the input's caption file exists (the skip/resume filter applied before tagging); False for
+        a path refused a caption (it becomes an error record when written)."""
+        try:
+            return self.caption_path(record_path).exists()
+        except InvalidInputError:
+            return False
 
     # ------------------------------------------------------------------------ writing
     def write(self, records: Iterable[TagRecord]) -> int:
         """Write the caption of each record without an error; append the others to ``errors_path``.
 
+        A record whose caption path is refused (see :meth:`caption_path`), or whose caption another
+        input of this run already has (``a.jpg`` and ``a.png`` both give ``a.txt``), becomes an error
+        record too: every input is either captioned or in the errors file.
+
         Returns:
             How many records were handled (captions written, skipped, appended, and errors).
 
         Raises:
-            InvalidInputError: a record whose caption path is refused (see :meth:`caption_path`).
             OutputWriteError: a caption or the errors file cannot be written (names it and why).
         """
         count = 0
@@ -169,7 +178,18 @@ class CaptionWriter:
                 if error is not None:
                     self._write_error(record)
                     continue
-                self._write_caption(self.caption_path(record.path), [name for name, _ in record.labels])
+                try:
+                    path = self.caption_path(record.path)
+                except InvalidInputError as err:
+                    self._write_error(dataclasses.replace(record, labels=[], error=str(err)))
+                    continue
+                owner = self._owners.setdefault(path, record.path)
+                if owner != record.path:
+                    self._write_error(dataclasses.replace(record, labels=[], error=(
+                        f"{record.path}: its caption {path} is already that of {owner} (the same name with another "
+                        "extension); not written")))
+                    continue
+                self._write_caption(path, [name for name, _ in record.labels])
         finally:
             if self._errors is not None:
                 self._guard(self.errors_path, self._errors.flush)

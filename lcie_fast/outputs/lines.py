@@ -411,13 +411,40 @@ class RecordWriter:
                 pass  # the error that matters was raised above (or the data was already flushed)
 
 
+def csv_labels(tags: list[dict[str, Any]]) -> str:
+    """The labels cell of a CSV record: ``name:score;name:score``, a ``;`` or ``\\`` in a name escaped
+    with ``\\`` (a name may hold ``:``: the score follows the last one)."""
+    return ";".join(f"{tag['label'].replace(chr(92), chr(92) * 2).replace(';', chr(92) + ';')}:{tag['score']:.5f}"
+                    for tag in tags)
+
+
+def parse_csv_labels(text: str) -> list[dict[str, Any]]:
+    """The tags of a :func:`csv_labels` cell. Raises ValueError on a tag without ``:score``."""
+    tags, name, escaped = [], [], False
+    for char in text + ";":
+        if escaped:
+            name.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ";":
+            label, colon, score = "".join(name).rpartition(":")
+            if not colon:
+                raise ValueError(f"tag {''.join(name)!r} has no ':score'")
+            tags.append({"label": label, "score": float(score)})
+            name = []
+        else:
+            name.append(char)
+    return tags
+
+
 def csv_row(data: dict[str, Any], fields: RecordFields) -> list[str]:
     """A record's :meth:`TagRecord.to_json` data as a CSV row: labels as ``name:score;...``, scores_all as JSON."""
     row = []
     for column in fields.columns:
         value = data.get(column)
         if column == "labels":
-            value = ";".join(f"{tag['label']}:{tag['score']:.5f}" for tag in value)
+            value = csv_labels(value)
         elif column == "scores_all":
             value = "" if value is None else json.dumps(value, allow_nan=False)
         row.append("" if value is None else str(value))

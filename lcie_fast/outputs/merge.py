@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any, Callable, Iterator
 
 from ..errors import InputNotFoundError, InvalidInputError, UserError
-from .lines import CSV_FIELDS, RecordWriter, inspect_output, mark_complete, read_settings, sidecar_path
+from .lines import CSV_FIELDS, RecordWriter, inspect_output, mark_complete, parse_csv_labels, read_settings, sidecar_path
 from .parquet import ParquetRecordWriter, fields_from_json, inspect_parquet_output, read_parquet_records
 from .records import HASH_NAMES, RecordFields, TagRecord
 
@@ -89,18 +89,10 @@ def _csv_columns(path: Path) -> list[str]:
     return header
 
 
-def _csv_tag(text: str) -> dict[str, Any]:
-    """``name:score`` -> tag; split on the last ``:`` (a label may hold one)."""
-    label, colon, score = text.rpartition(":")
-    if not colon:
-        raise ValueError(f"tag {text!r} has no ':score'")
-    return {"label": label, "score": float(score)}
-
-
 def _csv_data(cells: dict[str, str]) -> dict[str, Any]:
     """A CSV row (column -> cell) as :meth:`TagRecord.to_json` data: an empty cell is null."""
     data: dict[str, Any] = {"index": int(cells["index"]), "path": cells["path"] or None, "error": cells["error"] or None,
-                            "labels": [_csv_tag(tag) for tag in cells["labels"].split(";")] if cells["labels"] else []}
+                            "labels": parse_csv_labels(cells["labels"]) if cells["labels"] else []}
     if "scores_all" in cells:
         data["scores_all"] = json.loads(cells["scores_all"]) if cells["scores_all"] else None
     for name in (*HASH_NAMES, "duplicate_of"):
@@ -216,8 +208,8 @@ def _shard_of(output: _Output) -> tuple[int, int]:
     return shard[0], shard[1]
 
 
-def _check_shards(outputs: list[_Output]) -> int:
-    """Every shard i of n exactly once; returns n."""
+def _check_shards(outputs: list[_Output], partial: bool = False) -> int:
+    """Every shard i of n exactly once (``partial``: at most once); returns n."""
     first_index, count = _shard_of(outputs[0])
     seen: dict[int, str] = {}
     for output in outputs:
@@ -229,10 +221,10 @@ def _check_shards(outputs: list[_Output]) -> int:
             raise InvalidInputError(f"shard {index} of {count} is given twice: {seen[index]} and {output.name}")
         seen[index] = output.name
     missing = [index for index in range(count) if index not in seen]
-    if missing:
+    if missing and not partial:
         names = ", ".join(f"{index} (-{index:05d}-of-{count:05d})" for index in missing[:10])
         raise InvalidInputError(f"{len(missing)} of {count} shards missing: shard {names}"
-                                f"{' ...' if len(missing) > 10 else ''}; merge every shard of the run")
+                                f"{' ...' if len(missing) > 10 else ''}; merge every shard of the run, or pass --partial")
     return count
 
 
@@ -293,7 +285,8 @@ def merge_outputs(inputs: list[str], output: str, fmt: str | None = None, *, par
         inputs: The shard outputs (``.jsonl``, ``.csv``, ``.parquet``; formats may be mixed).
         output: The merged output; an earlier lcie-fast output there is replaced, anything else refused.
         fmt: ``jsonl``, ``csv`` or ``parquet``; default: from ``output``'s suffix.
-        partial: Merge shards that are not complete, and leave gaps in the indices.
+        partial: Merge what is there: shards missing or not complete, gaps in the indices (the
+            merged output is then not marked complete).
 
     Returns:
         A summary: ``output``, ``format``, ``records``, ``shards``, ``gaps`` (indices missing),
@@ -332,7 +325,7 @@ def merge_outputs(inputs: list[str], output: str, fmt: str | None = None, *, par
         difference = _differences(outputs[0], source)
         if difference:
             raise InvalidInputError(difference)
-    shards = _check_shards(outputs)
+    shards = _check_shards(outputs, partial)
     incomplete = [source.name for source in outputs if source.settings.get("complete") is not True]
     if incomplete and not partial:
         raise InvalidInputError(f"{incomplete[0]} is not complete (its run did not finish every input)"
@@ -346,7 +339,8 @@ def merge_outputs(inputs: list[str], output: str, fmt: str | None = None, *, par
                                 "Parquet output")
     settings = {key: value for key, value in outputs[0].settings.items() if key not in ("kind", "complete", "version", "fields")}
     settings.update(shard=None, format=fmt)
-    complete = not incomplete and not gaps
+    missing_shards = shards - len(outputs)
+    complete = not incomplete and not gaps and not missing_shards
     target = output if fmt == "parquet" else output.removeprefix("file://")
     writer = ParquetRecordWriter(target, fields, settings) if fmt == "parquet" else RecordWriter(
         target, fmt, settings=settings, fields=fields)
@@ -369,4 +363,4 @@ def merge_outputs(inputs: list[str], output: str, fmt: str | None = None, *, par
         if complete:
             mark_complete(target)
     return {"output": output, "format": fmt, "records": records, "shards": shards, "gaps": gaps, "first_gap": first_gap,
-            "incomplete": incomplete, "complete": complete}
+            "missing_shards": missing_shards, "incomplete": incomplete, "complete": complete}

@@ -39,10 +39,16 @@ _ERROR_KINDS = (
 )
 
 
-def error_kind(message: str | None) -> str | None:
-    """The kind of an error message, for statistics (``unreadable`` when none matches); None for None."""
+def error_kind(message: str | None, path: str | None = None) -> str | None:
+    """The kind of an error message, for statistics (``unreadable`` when none matches); None for None.
+
+    Messages name their input first (``path: reason``); only the reason is read, so a folder
+    named ``not found`` does not make every error in it ``not_found``.
+    """
     if message is None:
         return None
+    if path is not None and message.startswith(f"{path}: "):
+        message = message[len(path) + 2:]
     lowered = message.lower()
     for kind, fragments in _ERROR_KINDS:
         if any(fragment in lowered for fragment in fragments):
