@@ -119,7 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     checks = {}
     for name, path in [("csv", out / "tags.csv"), ("parquet", out / "tags.parquet"),
                        ("3 shards merged (jsonl)", shards["jsonl"]), ("3 shards merged (parquet)", shards["parquet"])]:
-        checks[name] = comparable(str(path)) == reference
+        records = comparable(str(path))
+        checks[name] = records == reference
+        if not checks[name]:
+            differing = [a["path"] for a, b in zip(records, reference) if a != b]
+            print(f"{name}: {len(differing)} records differ (of {len(records)} vs {len(reference)}), first: "
+                  f"{differing[:3]}", file=sys.stderr)
     errors_file = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
     good = [r for r in reference if r["error"] is None]
     caption_root = Path(captions.folder)

@@ -122,8 +122,6 @@ def test_merge_partial_accepts_a_missing_shard(tagger, checkpoint, tmp_path):
     assert summary["records"] == 5 and summary["gaps"] == 2 and summary["complete"] is False
 
 
-@pytest.mark.xfail(strict=True, reason="--dedup works per shard: a copy whose original is in another shard is tagged again "
-                                       "and the merged output lacks its duplicate_of, unlike the unsharded run")
 def test_dedup_shards_merge_to_the_unsharded_records(tagger, checkpoint, tmp_path):
     data = tmp_path / "data"
     for index in range(3):

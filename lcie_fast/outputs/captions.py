@@ -87,6 +87,7 @@ class CaptionWriter:
         self._errors: IO[str] | None = None
         self.written = self.skipped = self.appended = self.errors = 0
         self._owners: dict[Path, str | None] = {}  # caption -> the input that has it in this run (name clashes)
+        self._folders: set[Path] = set()  # folders known to exist
 
     # ------------------------------------------------------------------------- paths
     def caption_path(self, record_path: str | None) -> Path:
@@ -225,7 +226,9 @@ class CaptionWriter:
             with atomic_write(path, "wb") as handle:
                 handle.write(data)
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.parent not in self._folders:  # one mkdir per folder, not per caption
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._folders.add(path.parent)
         fd, tmp = _create_beside(path)
         try:
             with os.fdopen(fd, "wb") as handle:

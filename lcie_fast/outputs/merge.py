@@ -263,6 +263,19 @@ def _check_indices(outputs: list[_Output], partial: bool) -> tuple[int, int, int
     return records, gaps, first_gap
 
 
+def _deduplicated(record: TagRecord, originals: dict[str, TagRecord]) -> TagRecord:
+    """``--dedup`` across shards: each shard knew only its own inputs, so the first record of each content
+    in input order is the original and every later one becomes its duplicate (labels copied), as in
+    one unsharded run."""
+    if record.digest is None or record.error is not None:
+        return record
+    original = originals.setdefault(record.digest[1], record)
+    if original is record:
+        return record
+    return dataclasses.replace(record, labels=list(original.labels), duplicate_of=original.key,
+                               scores=None if original.scores is None else dict(original.scores))
+
+
 def _same_place(a: str | Path, b: str | Path) -> bool:
     def place(path: str | Path) -> str:
         text = os.fspath(path)
@@ -277,7 +290,9 @@ def merge_outputs(inputs: list[str], output: str, fmt: str | None = None, *, par
     Everything is checked before anything is written: the inputs' settings are equal but for
     ``shard``, ``complete`` and ``format``; each shard ``i`` of ``n`` is there exactly once (an
     output without ``shard`` is shard 0 of 1); every shard is complete; no index is in two
-    inputs; the indices run 0..max without a gap. The merged output has the common settings with
+    inputs; the indices run 0..max without a gap. With ``dedup``, duplicates across shards are
+    resolved here (the first record of each content in input order is the original), so the merge
+    equals one unsharded run. The merged output has the common settings with
     ``shard: None`` and is marked complete (when it is: not so for a ``partial`` merge with gaps
     or unfinished shards).
 
@@ -346,7 +361,10 @@ def merge_outputs(inputs: list[str], output: str, fmt: str | None = None, *, par
         target, fmt, settings=settings, fields=fields)
     try:
         chunk: list[TagRecord] = []
+        originals: dict[str, TagRecord] | None = {} if settings.get("dedup") else None
         for _, _, record in _merged(outputs):
+            if originals is not None:
+                record = _deduplicated(record, originals)
             chunk.append(record)
             if len(chunk) == _CHUNK:
                 writer.write(chunk)
