@@ -101,6 +101,14 @@ def tiny5_checkpoint(tmp_path_factory) -> Path:
                            label_names=["bus", "car", "motorbike", "person", "truck"])
 
 
+@pytest.fixture(scope="session")
+def tiny5_tagger(tiny5_checkpoint):
+    """A tagger of :func:`tiny5_checkpoint` at threshold 0.45 (its random scores sit near 0.5: some labels kept)."""
+    from lcie_fast.tagger import Tagger
+
+    return Tagger.load(tiny5_checkpoint, thresholds=0.45)
+
+
 @pytest.fixture
 def tiny_model():
     """A fresh ``lcie_tiny`` model with fixed random weights."""

@@ -17,20 +17,9 @@ from PIL import Image
 from lcie_fast.batch import CaptionOptions, TagJob, plan_job, run_job, shard_output_name
 from lcie_fast.cli import main
 from lcie_fast.outputs.merge import merge_outputs, read_output, record_fields
-from lcie_fast.tagger import Tagger
 
 pytest.importorskip("pyarrow", reason="Parquet outputs need the parquet extra (pyarrow)")
 LABELS = ["bus", "car", "motorbike", "person", "truck"]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tiny5_checkpoint):
-    return tiny5_checkpoint
-
-
-@pytest.fixture(scope="module")
-def tagger(checkpoint):
-    return Tagger.load(checkpoint, thresholds=0.45)
 
 
 @pytest.fixture
@@ -51,9 +40,9 @@ def dataset(tmp_path):
     return root
 
 
-def _run(tagger, checkpoint, inputs, output, fmt=None, **options):
+def _run(tiny5_tagger, tiny5_checkpoint, inputs, output, fmt=None, **options):
     job = TagJob(inputs, str(output) if output else None, fmt, batch_size=4, progress=False, **options)
-    return job, run_job(job, tagger, plan_job(job, checkpoint), model=str(checkpoint))
+    return job, run_job(job, tiny5_tagger, plan_job(job, tiny5_checkpoint), model=str(tiny5_checkpoint))
 
 
 def _records(path):
@@ -63,11 +52,11 @@ def _records(path):
     return [record.to_json(fields) for record in records]
 
 
-def test_every_format_writes_the_same_records_once_each(tagger, checkpoint, dataset, tmp_path):
+def test_every_format_writes_the_same_records_once_each(tiny5_tagger, tiny5_checkpoint, dataset, tmp_path):
     inputs = [str(dataset)]
     outputs = {fmt: tmp_path / f"tags.{fmt}" for fmt in ("jsonl", "csv", "parquet")}
     for fmt, path in outputs.items():
-        _, stats = _run(tagger, checkpoint, inputs, path, all_scores=True, hash_name="md5")
+        _, stats = _run(tiny5_tagger, tiny5_checkpoint, inputs, path, all_scores=True, hash_name="md5")
         assert stats["inputs"] == 23 and stats["errors"] == 3 and stats["tagged"] == 20
         assert stats["errors_by_kind"] == {"corrupt": 2, "empty": 1}, stats["errors_by_kind"]
         assert json.loads((tmp_path / "tags.stats.json").read_text())["format"] == fmt
@@ -87,12 +76,12 @@ def test_every_format_writes_the_same_records_once_each(tagger, checkpoint, data
     assert meta["labels"] == LABELS and meta["model_sha256"] and meta["version"]
 
 
-def test_captions_match_records_and_errors_go_to_errors_jsonl(tagger, checkpoint, dataset, tmp_path):
+def test_captions_match_records_and_errors_go_to_errors_jsonl(tiny5_tagger, tiny5_checkpoint, dataset, tmp_path):
     inputs = [str(dataset)]
-    _run(tagger, checkpoint, inputs, tmp_path / "tags.jsonl")
+    _run(tiny5_tagger, tiny5_checkpoint, inputs, tmp_path / "tags.jsonl")
     reference = _records(tmp_path / "tags.jsonl")
     captions = tmp_path / "captions"
-    _run(tagger, checkpoint, inputs, None, "txt", captions=CaptionOptions(folder=str(captions), separator=", "))
+    _run(tiny5_tagger, tiny5_checkpoint, inputs, None, "txt", captions=CaptionOptions(folder=str(captions), separator=", "))
     for record in reference:
         caption = captions / (record["path"][len(str(dataset)) + 1:].rsplit(".", 1)[0] + ".txt")
         if record["error"] is None:
@@ -103,13 +92,13 @@ def test_captions_match_records_and_errors_go_to_errors_jsonl(tagger, checkpoint
     assert [e["path"] for e in errors] == [r["path"] for r in reference if r["error"]]
 
 
-def test_shards_are_disjoint_cover_the_inputs_and_merge_in_input_order(tagger, checkpoint, dataset, tmp_path):
+def test_shards_are_disjoint_cover_the_inputs_and_merge_in_input_order(tiny5_tagger, tiny5_checkpoint, dataset, tmp_path):
     inputs = [str(dataset)]
-    _run(tagger, checkpoint, inputs, tmp_path / "all.jsonl")
+    _run(tiny5_tagger, tiny5_checkpoint, inputs, tmp_path / "all.jsonl")
     reference = _records(tmp_path / "all.jsonl")
     parts = []
     for index, fmt in zip(range(3), ("jsonl", "csv", "parquet")):
-        job, stats = _run(tagger, checkpoint, inputs, tmp_path / f"shards/tags.{fmt}", shard=(index, 3))
+        job, stats = _run(tiny5_tagger, tiny5_checkpoint, inputs, tmp_path / f"shards/tags.{fmt}", shard=(index, 3))
         assert job.output == shard_output_name(str(tmp_path / f"shards/tags.{fmt}"), (index, 3))
         assert job.output.endswith(f"tags-{index:05d}-of-00003.{fmt}")
         records = _records(job.output)
@@ -140,9 +129,9 @@ def _crash_after(chunks):
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "txt", "jsonl"])
-def test_a_crash_part_way_then_a_rerun_gives_every_input_exactly_once(tagger, checkpoint, dataset, tmp_path, fmt):
+def test_a_crash_part_way_then_a_rerun_gives_every_input_exactly_once(tiny5_tagger, tiny5_checkpoint, dataset, tmp_path, fmt):
     inputs = [str(dataset)]
-    _run(tagger, checkpoint, inputs, tmp_path / "reference.jsonl")
+    _run(tiny5_tagger, tiny5_checkpoint, inputs, tmp_path / "reference.jsonl")
     reference = _records(tmp_path / "reference.jsonl")
     output = None if fmt == "txt" else tmp_path / f"tags.{fmt}"
     options = {"part_records": 4} if fmt == "parquet" else {}
@@ -150,8 +139,8 @@ def test_a_crash_part_way_then_a_rerun_gives_every_input_exactly_once(tagger, ch
         options["captions"] = CaptionOptions(folder=str(tmp_path / "captions"))
     job = TagJob(inputs, str(output) if output else None, fmt, batch_size=4, progress=False, **options)
     with pytest.raises(_Crash):
-        run_job(job, tagger, plan_job(job, checkpoint), on_chunk=_crash_after(3))
-    _, stats = _run(tagger, checkpoint, inputs, output, fmt, **options)
+        run_job(job, tiny5_tagger, plan_job(job, tiny5_checkpoint), on_chunk=_crash_after(3))
+    _, stats = _run(tiny5_tagger, tiny5_checkpoint, inputs, output, fmt, **options)
     assert 0 < stats["this_run"] < len(reference), "the rerun must resume, not start afresh"
     if fmt == "txt":
         written = sorted((tmp_path / "captions").rglob("*.txt"))
@@ -163,8 +152,8 @@ def test_a_crash_part_way_then_a_rerun_gives_every_input_exactly_once(tagger, ch
         assert not (tmp_path / "tags.parquet.d").exists()
 
 
-def test_dedup_tags_repeated_content_once(tagger, checkpoint, dataset, tmp_path):
-    _, stats = _run(tagger, checkpoint, [str(dataset)], tmp_path / "tags.jsonl", dedup=True)
+def test_dedup_tags_repeated_content_once(tiny5_tagger, tiny5_checkpoint, dataset, tmp_path):
+    _, stats = _run(tiny5_tagger, tiny5_checkpoint, [str(dataset)], tmp_path / "tags.jsonl", dedup=True)
     records = {r["path"].rsplit("/", 1)[1]: r for r in _records(tmp_path / "tags.jsonl")}
     original = records["img03.jpg"]
     for copy in ("copy_of_img03.jpg", "zz_copy_again.jpg"):
@@ -183,40 +172,40 @@ def _shard_tar(path, dataset, names):
             tar.addfile(info, io.BytesIO(data))
 
 
-def test_webdataset_shards_per_shard_outputs_and_remote_output(checkpoint, dataset, tmp_path, capsys):
+def test_webdataset_shards_per_shard_outputs_and_remote_output(tiny5_checkpoint, dataset, tmp_path, capsys):
     fsspec = pytest.importorskip("fsspec", reason="object storage needs the remote extra (fsspec)")
     _shard_tar(tmp_path / "shard-000.tar", dataset, ["a/img01.jpg", "a/img03.jpg"])
     _shard_tar(tmp_path / "shard-001.tar", dataset, ["a/corrupt.jpg", "b/img00.jpg"])
     pattern = str(tmp_path / "shard-{000..001}.tar")
-    assert main(["tag", str(checkpoint), pattern, "-o", str(tmp_path / "wds.jsonl"), "--no-progress"]) == 0
+    assert main(["tag", str(tiny5_checkpoint), pattern, "-o", str(tmp_path / "wds.jsonl"), "--no-progress"]) == 0
     records = _records(tmp_path / "wds.jsonl")
     assert [r["path"].rsplit("/", 1)[1] for r in records] == [
         "shard-000.tar#a_img01", "shard-000.tar#a_img03", "shard-001.tar#a_corrupt", "shard-001.tar#b_img00"]
     assert [r["error"] is not None for r in records] == [False, False, True, False]
-    assert main(["tag", str(checkpoint), pattern, "--per-shard", "--no-progress"]) == 0
+    assert main(["tag", str(tiny5_checkpoint), pattern, "--per-shard", "--no-progress"]) == 0
     per_shard = [_records(tmp_path / f"shard-00{i}.jsonl") for i in range(2)]
     assert [r["path"] for part in per_shard for r in part] == [r["path"] for r in records]
-    assert main(["tag", str(checkpoint), str(dataset / "a"), "-o", "memory://bucket/out/tags.parquet", "--no-progress",
+    assert main(["tag", str(tiny5_checkpoint), str(dataset / "a"), "-o", "memory://bucket/out/tags.parquet", "--no-progress",
                  "--stats", "memory://bucket/out/stats.json"]) == 0
     fs = fsspec.filesystem("memory")
     assert fs.exists("/bucket/out/tags.parquet") and not fs.exists("/bucket/out/tags.parquet.d")
     assert json.loads(fs.cat("/bucket/out/stats.json"))["inputs"] == 10
-    assert main(["tag", str(checkpoint), str(dataset / "a"), "-o", "memory://bucket/out/tags.jsonl", "--no-progress"]) == 0
+    assert main(["tag", str(tiny5_checkpoint), str(dataset / "a"), "-o", "memory://bucket/out/tags.jsonl", "--no-progress"]) == 0
     assert len(fs.cat("/bucket/out/tags.jsonl").splitlines()) == 10
     assert json.loads(fs.cat("/bucket/out/tags.jsonl.meta.json"))["complete"] is True
-    assert main(["tag", str(checkpoint), str(dataset / "a"), "-o", "memory://bucket/out/tags.jsonl", "--no-progress"]) == 0
+    assert main(["tag", str(tiny5_checkpoint), str(dataset / "a"), "-o", "memory://bucket/out/tags.jsonl", "--no-progress"]) == 0
     assert "10 records already there" in capsys.readouterr().err  # resumed from the remote copy
     assert not list(tmp_path.glob("memory*")) and not os.path.exists("memory:")
     capsys.readouterr()
 
 
-def test_threshold_files_and_post_processing_through_the_cli(checkpoint, dataset, tmp_path, capsys):
+def test_threshold_files_and_post_processing_through_the_cli(tiny5_checkpoint, dataset, tmp_path, capsys):
     (tmp_path / "t.txt").write_text("0.4\n0.4\n# a comment\n0.4\n0.4\n")
-    assert main(["tag", str(checkpoint), str(dataset / "a"), "--thresholds", str(tmp_path / "t.txt"),
+    assert main(["tag", str(tiny5_checkpoint), str(dataset / "a"), "--thresholds", str(tmp_path / "t.txt"),
                  "-o", str(tmp_path / "bad.jsonl"), "--no-progress"]) == 1
     assert "4 thresholds" in capsys.readouterr().err and not (tmp_path / "bad.jsonl").exists()
     (tmp_path / "t.txt").write_text("0.4\n0.4\n0.4\n0.4\n0.4\n")
-    assert main(["tag", str(checkpoint), str(dataset / "a"), "--thresholds", str(tmp_path / "t.txt"), "--min-tags", "2",
+    assert main(["tag", str(tiny5_checkpoint), str(dataset / "a"), "--thresholds", str(tmp_path / "t.txt"), "--min-tags", "2",
                  "--max-tags", "3", "--exclude-tags", "truck", "--replace", "car:automobile",
                  "-o", str(tmp_path / "tags.jsonl"), "--no-progress"]) == 0
     good = [r for r in _records(tmp_path / "tags.jsonl") if r["error"] is None]
