@@ -18,6 +18,7 @@ import heapq
 import json
 import os
 import reprlib
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Callable, Iterator
 
@@ -284,6 +285,41 @@ def _same_place(a: str | Path, b: str | Path) -> bool:
     return place(a) == place(b)
 
 
+def write_output(records: Iterable[TagRecord], output: str, fmt: str, settings: dict[str, Any], fields: RecordFields,
+                 *, complete: bool = True) -> None:
+    """Write ``records`` (in input order) to a fresh ``output`` with the format's writer; with ``settings["dedup"]``
+    duplicates are resolved in input order (see :func:`_deduplicated`). Marked complete when ``complete``.
+
+    Raises:
+        OutputMismatchError: ``output`` holds something that is not an lcie-fast output.
+        OutputWriteError: it cannot be written.
+    """
+    target = output if fmt == "parquet" else output.removeprefix("file://")
+    writer = ParquetRecordWriter(target, fields, settings) if fmt == "parquet" else RecordWriter(
+        target, fmt, settings=settings, fields=fields)
+    try:
+        chunk: list[TagRecord] = []
+        originals: dict[str, TagRecord] | None = {} if settings.get("dedup") else None
+        for record in records:
+            if originals is not None:
+                record = _deduplicated(record, originals)
+            chunk.append(record)
+            if len(chunk) == _CHUNK:
+                writer.write(chunk)
+                chunk = []
+        writer.write(chunk)
+    except BaseException:
+        with contextlib.suppress(UserError, OSError):  # the first error is the one to show
+            (writer.abort if isinstance(writer, ParquetRecordWriter) else writer.close)()
+        raise
+    if isinstance(writer, ParquetRecordWriter):
+        writer.close(complete=complete)
+    else:
+        writer.close()
+        if complete:
+            mark_complete(target)
+
+
 def merge_outputs(inputs: list[str], output: str, fmt: str | None = None, *, partial: bool = False) -> dict[str, Any]:
     """Merge the shard outputs of one run into ``output``, in index order (the input order).
 
@@ -356,29 +392,6 @@ def merge_outputs(inputs: list[str], output: str, fmt: str | None = None, *, par
     settings.update(shard=None, format=fmt)
     missing_shards = shards - len(outputs)
     complete = not incomplete and not gaps and not missing_shards
-    target = output if fmt == "parquet" else output.removeprefix("file://")
-    writer = ParquetRecordWriter(target, fields, settings) if fmt == "parquet" else RecordWriter(
-        target, fmt, settings=settings, fields=fields)
-    try:
-        chunk: list[TagRecord] = []
-        originals: dict[str, TagRecord] | None = {} if settings.get("dedup") else None
-        for _, _, record in _merged(outputs):
-            if originals is not None:
-                record = _deduplicated(record, originals)
-            chunk.append(record)
-            if len(chunk) == _CHUNK:
-                writer.write(chunk)
-                chunk = []
-        writer.write(chunk)
-    except BaseException:
-        with contextlib.suppress(UserError, OSError):  # the first error is the one to show
-            (writer.abort if isinstance(writer, ParquetRecordWriter) else writer.close)()
-        raise
-    if isinstance(writer, ParquetRecordWriter):
-        writer.close(complete=complete)
-    else:
-        writer.close()
-        if complete:
-            mark_complete(target)
+    write_output((record for _, _, record in _merged(outputs)), output, fmt, settings, fields, complete=complete)
     return {"output": output, "format": fmt, "records": records, "shards": shards, "gaps": gaps, "first_gap": first_gap,
             "missing_shards": missing_shards, "incomplete": incomplete, "complete": complete}
