@@ -27,6 +27,7 @@ EXTRAS = {
     "cv2": "video",
     "pyarrow": "parquet",
     "fsspec": "remote",
+    "ray": "ray",
     "triton": "triton (it ships with the CUDA builds of torch)",
 }
 

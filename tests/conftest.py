@@ -70,7 +70,7 @@ def _skip_reason(marker: str, config: pytest.Config) -> str | None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     cache: dict[str, str | None] = {}
     for item in items:
-        for marker in ("slow", "gpu", "tensorrt", "dali", "triton", "interpreter"):
+        for marker in ("slow", "gpu", "tensorrt", "dali", "triton", "interpreter", "ray"):
             if item.get_closest_marker(marker) is None:
                 continue
             if marker not in cache:

@@ -18,6 +18,8 @@ FORBIDDEN = [
     *[("artifacts", other) for other in ("deploy", "runtime", "tagger", "cli", "models", "train")],
     *[(other, "tagger") for other in ("outputs", "inputs", "runtime", "deploy", "data", "postprocess", "thresholds",
                                       "webdataset", "remote")],
+    *[(other, "distributed") for other in ("tagger", "batch", "outputs", "inputs", "runtime", "deploy", "data", "models",
+                                           "demo", "benchmark")],
     *[(other, "batch") for other in ("tagger", "outputs", "inputs", "runtime", "deploy", "data", "postprocess",
                                      "webdataset", "remote")],
     *[(other, "demo") for other in ("benchmark", "deploy", "tagger", "train")],

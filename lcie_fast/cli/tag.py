@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -67,6 +68,19 @@ def _tagger(args: argparse.Namespace):
                        max_decode_bytes=args.max_decode_bytes, allow_host_code=args.allow_host_code)
 
 
+def _workers(text: str) -> int | tuple[int, int]:
+    """``--workers N`` or ``MIN-MAX`` (Ray's autoscaling actor pool), each >= 1."""
+    low, dash, high = text.partition("-")
+    try:
+        value = (int(low), int(high)) if dash else int(low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or MIN-MAX, got {text!r}") from None
+    numbers = value if isinstance(value, tuple) else (value,)
+    if min(numbers) < 1 or (dash and value[0] > value[1]):
+        raise argparse.ArgumentTypeError(f"needs whole numbers >= 1 (MIN <= MAX), got {text!r}")
+    return value
+
+
 def _shard(text: str) -> tuple[int, int]:
     """``--shard i/n`` -> (i, n), 0 <= i < n."""
     index, _, count = text.partition("/")
@@ -127,7 +141,17 @@ def add_tag_parser(sub: argparse._SubParsersAction) -> None:
                             "shards at positions I modulo N")
     scale.add_argument("--wds-image-key", default="jpg,jpeg,png,webp",
                        help="WebDataset: the image member's extension, first found wins (default %(default)s)")
-    p.add_argument("--workers", type=_ranged(int, 1), help="decoder threads (default: CPU count)")
+    p.add_argument("--workers", type=_workers, metavar="N",
+                   help="decoder threads (default: CPU count); with --ray the tagging actors: N or MIN-MAX (autoscaling)")
+    ray = p.add_argument_group("past one machine (Ray Data; pip install 'lcie-fast[ray]')")
+    ray.add_argument("--ray", action="store_true",
+                     help="tag on a Ray cluster: -o names an output folder of part files (tag-merge puts them in input "
+                          "order); without --ray-address a one-machine cluster is started")
+    ray.add_argument("--ray-address", metavar="ADDRESS", help="an existing cluster: auto, or ray://HOST:PORT")
+    ray.add_argument("--gpus-per-worker", type=_ranged(float, 0), default=0.0, metavar="G",
+                     help="GPUs each tagging actor asks for (default 0: CPU actors)")
+    ray.add_argument("--ray-decode", choices=["tasks", "actor"], default="tasks",
+                     help="decode and resize in separate Ray tasks (default) or inside the tagging actors")
     p.add_argument("--decoder", choices=["auto", "threads", "dali"], default="auto")
     p.add_argument("--ext", nargs="*", help="image extensions for folders (default: common image types)")
     p.add_argument("--no-recursive", action="store_true", help="do not descend into sub-folders")
@@ -193,6 +217,11 @@ def run_tag(args: argparse.Namespace) -> int:
     from ..batch import per_shard_jobs, plan_job, run_job
     from ..errors import InvalidInputError
 
+    if args.ray:
+        return _run_ray(args)
+    if isinstance(args.workers, tuple):
+        raise InvalidInputError(f"--workers {args.workers[0]}-{args.workers[1]}: a range is for Ray's tagging actors "
+                                "(--ray); decoder threads take one number")
     if args.per_shard:
         if args.output or args.stats:
             raise InvalidInputError("--per-shard writes each shard's output and statistics beside the shard: drop "
@@ -219,6 +248,37 @@ def run_tag(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_ray(args: argparse.Namespace) -> int:
+    """``lcie-fast tag --ray``: the same records, tagged by Ray Data actors into part files under ``-o``."""
+    from ..distributed import tag_dataset
+    from ..errors import InvalidInputError
+
+    if not args.output:
+        raise InvalidInputError("--ray needs -o/--output: the output folder of the part files")
+    unsupported = [flag for flag, on in (("--shard", args.shard), ("--per-shard", args.per_shard),
+                                         ("--dedup", args.dedup), ("--format txt", args.format == "txt"),
+                                         ("--stats", args.stats)) if on]
+    if unsupported:
+        raise InvalidInputError(f"{unsupported[0]} does not apply with --ray (the cluster splits the work; statistics "
+                                "go to OUT/stats.json)")
+    fmt = args.format or "parquet"
+    if fmt not in ("parquet", "jsonl"):
+        raise InvalidInputError(f"--ray writes parquet or jsonl part files, not {fmt}")
+    from ..postprocess import TagPostprocess
+
+    postprocess = TagPostprocess.from_options(exclude=args.exclude_tags, always_first=args.always_first,
+                                              replace=args.replace, label_map=args.label_map,
+                                              min_tags=args.min_tags, max_tags=args.top_k)
+    stats = tag_dataset(args.inputs, args.model, args.output, format=fmt,
+                        thresholds=args.thresholds if args.thresholds else args.threshold, top_k=args.top_k,
+                        all_scores=args.all_scores, backend=args.backend, batch_size=args.batch_size,
+                        workers=args.workers or 1, gpus_per_worker=args.gpus_per_worker, decode=args.ray_decode,
+                        overwrite=args.overwrite, ray_address=args.ray_address, progress=not args.no_progress,
+                        postprocess=postprocess, hash_name=None if args.hash == "none" else args.hash)
+    print(f"tagged {stats.get('inputs')} inputs on Ray -> {args.output}: {json.dumps(stats)}", file=sys.stderr)
+    return 0
+
+
 def _summary(job: Any, stats: dict[str, Any]) -> None:
     kinds = ", ".join(f"{count} {kind}" for kind, count in stats["errors_by_kind"].items())
     skipped = stats["skipped_by_scans"]
@@ -237,7 +297,8 @@ def add_tag_merge_parser(sub: argparse._SubParsersAction) -> None:
                                    "formats allowed) into one output in input order. Refuses shards of different runs "
                                    "(model, thresholds, inputs ...), a missing or unfinished shard, a record twice, or a "
                                    "gap in the input order, unless --partial.")
-    p.add_argument("inputs", nargs="+", metavar="SHARD_OUTPUT")
+    p.add_argument("inputs", nargs="+", metavar="SHARD_OUTPUT",
+                   help="the shard outputs (tags-00000-of-00008.jsonl ...), or one output folder of tag --ray")
     p.add_argument("-o", "--output", required=True, help="merged output: .jsonl, .csv or .parquet")
     p.add_argument("--format", choices=["jsonl", "csv", "parquet"], help="default: from the output's suffix")
     p.add_argument("--partial", action="store_true", help="merge what is there (unfinished shards, gaps)")
@@ -247,8 +308,30 @@ def add_tag_merge_parser(sub: argparse._SubParsersAction) -> None:
 def run_tag_merge(args: argparse.Namespace) -> int:
     from ..outputs.merge import merge_outputs
 
+    if any(os.path.isdir(path) for path in args.inputs):
+        return _merge_ray_output(args)
     summary = merge_outputs(args.inputs, args.output, args.format, partial=args.partial)
     print(f"merged {len(args.inputs)} outputs -> {args.output}: {json.dumps(summary)}", file=sys.stderr)
+    return 0
+
+
+def _merge_ray_output(args: argparse.Namespace) -> int:
+    """``tag-merge OUT_DIR``: the records of a ``tag --ray`` output folder, in input order."""
+    from ..batch import output_format
+    from ..distributed import read_ray_output
+    from ..errors import InvalidInputError
+    from ..outputs.merge import record_fields, write_output
+
+    if len(args.inputs) != 1:
+        raise InvalidInputError(f"tag-merge takes one Ray output folder at a time, got {len(args.inputs)} inputs")
+    settings, records = read_ray_output(args.inputs[0], partial=args.partial)
+    fmt = args.format or output_format(args.output, None)
+    fields, complete = record_fields(settings), settings.get("complete") is True
+    settings = {key: value for key, value in settings.items()
+                if key not in ("kind", "complete", "version", "fields", "engine")}
+    settings.update(shard=None, format=fmt)
+    write_output(records, args.output, fmt, settings, fields, complete=complete)
+    print(f"merged the Ray output {args.inputs[0]} -> {args.output}", file=sys.stderr)
     return 0
 
 

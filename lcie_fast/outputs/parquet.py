@@ -320,12 +320,12 @@ def inspect_parquet_output(target: str | Path, settings: dict[str, Any], *, over
         raise OutputMismatchError(f"cannot read the existing output {place.name}: {err.strerror or err}") from None
 
 
-def _utf8(value: Any) -> Any:
+def utf8_safe(value: Any) -> Any:
     """A string (or list of strings) Parquet can hold: lone surrogates written as ``\\udcXX`` escapes."""
     if isinstance(value, str):
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
     if isinstance(value, list):
-        return [_utf8(item) for item in value]
+        return [utf8_safe(item) for item in value]
     return value
 
 
@@ -436,7 +436,7 @@ class ParquetRecordWriter:
         try:
             return self.pa.Table.from_pydict(self._columns, schema=self.schema)
         except UnicodeEncodeError:  # a file name that is not UTF-8 (surrogate-escaped)
-            columns = {name: [_utf8(value) for value in values] for name, values in self._columns.items()}
+            columns = {name: [utf8_safe(value) for value in values] for name, values in self._columns.items()}
             return self.pa.Table.from_pydict(columns, schema=self.schema)
 
     def _flush(self) -> None:
