@@ -186,14 +186,17 @@ def _model_sha256(model: str) -> str:
     return sha256_file(model)
 
 
+def _postprocess(args: argparse.Namespace):
+    from ..postprocess import TagPostprocess
+
+    return TagPostprocess.from_options(exclude=args.exclude_tags, always_first=args.always_first, replace=args.replace,
+                                       label_map=args.label_map, min_tags=args.min_tags, max_tags=args.top_k)
+
+
 def _job(args: argparse.Namespace):
     from ..batch import CaptionOptions, TagJob
     from ..data.datasets import IMAGE_EXTENSIONS
-    from ..postprocess import TagPostprocess
-
-    postprocess = TagPostprocess.from_options(exclude=args.exclude_tags, always_first=args.always_first,
-                                              replace=args.replace, label_map=args.label_map,
-                                              min_tags=args.min_tags, max_tags=args.top_k)
+    postprocess = _postprocess(args)
     extensions = [e if e.startswith(".") else f".{e}" for e in args.ext] if args.ext else IMAGE_EXTENSIONS
     keys = tuple(key.strip().lstrip(".").lower() for key in args.wds_image_key.split(",") if key.strip())
     return TagJob(args.inputs, args.output, args.format, batch_size=args.batch_size, all_scores=args.all_scores,
@@ -264,11 +267,7 @@ def _run_ray(args: argparse.Namespace) -> int:
     fmt = args.format or "parquet"
     if fmt not in ("parquet", "jsonl"):
         raise InvalidInputError(f"--ray writes parquet or jsonl part files, not {fmt}")
-    from ..postprocess import TagPostprocess
-
-    postprocess = TagPostprocess.from_options(exclude=args.exclude_tags, always_first=args.always_first,
-                                              replace=args.replace, label_map=args.label_map,
-                                              min_tags=args.min_tags, max_tags=args.top_k)
+    postprocess = _postprocess(args)
     stats = tag_dataset(args.inputs, args.model, args.output, format=fmt,
                         thresholds=args.thresholds if args.thresholds else args.threshold, top_k=args.top_k,
                         all_scores=args.all_scores, backend=args.backend, batch_size=args.batch_size,
