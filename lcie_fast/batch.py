@@ -377,7 +377,7 @@ def _input_root(job: TagJob) -> str | None:
         paths = local
     else:
         paths = [item for item in expand_inputs(job.inputs, extensions=job.extensions, recursive=job.recursive,
-                                                wds_image_keys=job.wds_image_keys)
+                                                wds_image_keys=job.wds_image_keys, quiet_suffixes=(job.captions.ext,))
                  if isinstance(item, str) and "#" not in item and not is_url(item)]
     if not paths:
         return None
@@ -422,7 +422,8 @@ def run_job(job: TagJob, tagger: Any, plan: Plan, *, model: str | None = None,
                              skip=len(done), progress=job.progress, decoder=job.decoder, extensions=job.extensions,
                              recursive=job.recursive, hash_name=job.hash_name, dedup=job.dedup,
                              postprocess=job.postprocess, shard=job.shard, done=done_filter,
-                             wds_image_keys=job.wds_image_keys, known=known)
+                             wds_image_keys=job.wds_image_keys, known=known,
+                             quiet_suffixes=(job.captions.ext,) if job.fmt == "txt" else ())
         for chunk in _chunks(records, job.batch_size):
             step = time.perf_counter()
             writer.write(chunk)

@@ -106,7 +106,8 @@ def image_array(image: Any, name: str) -> np.ndarray | torch.Tensor:
 
 
 def expand_inputs(inputs: Any, *, extensions: Sequence[str] = IMAGE_EXTENSIONS, recursive: bool = True,
-                  on_skip: SkipHandler | None = None, wds_image_keys: str | Sequence[str] = DEFAULT_IMAGE_KEYS) -> Iterator[Any]:
+                  on_skip: SkipHandler | None = None, wds_image_keys: str | Sequence[str] = DEFAULT_IMAGE_KEYS,
+                  quiet_suffixes: Sequence[str] = ()) -> Iterator[Any]:
     """Flatten the accepted input kinds into a stream of paths and in-memory images.
 
     Accepted: a path or a list of them; ``-`` (paths on stdin, one per line); ``@list.txt`` (a
@@ -145,11 +146,12 @@ def expand_inputs(inputs: Any, *, extensions: Sequence[str] = IMAGE_EXTENSIONS, 
         inputs = list(inputs)
     elif not isinstance(inputs, Iterable) or isinstance(inputs, (np.ndarray, torch.Tensor)) or is_pil_image(inputs):
         inputs = [inputs]
-    return _expand(inputs, {e.lower() for e in extensions}, recursive, on_skip, keys)
+    quiet = frozenset(suffix.lower() for suffix in quiet_suffixes)
+    return _expand(inputs, {e.lower() for e in extensions}, recursive, on_skip, keys, quiet)
 
 
 def _expand(inputs: Iterable[Any], exts: set[str], recursive: bool, on_skip: SkipHandler | None,
-            keys: tuple[str, ...]) -> Iterator[Any]:
+            keys: tuple[str, ...], quiet: frozenset[str] = frozenset()) -> Iterator[Any]:
     for item in inputs:
         if not isinstance(item, (str, os.PathLike)):
             yield item
@@ -166,9 +168,9 @@ def _expand(inputs: Iterable[Any], exts: set[str], recursive: bool, on_skip: Ski
             for shard in expand_shards(text):
                 yield from shard_samples(shard, keys)
         elif is_url(text):
-            yield from _expand_url(text, exts, recursive, on_skip)
+            yield from _expand_url(text, exts, recursive, on_skip, quiet)
         elif stat.S_ISDIR(_mode(text)):
-            yield from _scan(text, _walk(text, recursive), exts, on_skip)
+            yield from _scan(text, _walk(text, recursive), exts, on_skip, quiet)
         elif any(ch in text for ch in "*?["):
             yield from _scan(text, glob.glob(text, recursive=True), None, on_skip)
         elif Path(text).suffix.lower() in (".csv", ".jsonl") and stat.S_ISREG(_mode(text)):
@@ -177,13 +179,14 @@ def _expand(inputs: Iterable[Any], exts: set[str], recursive: bool, on_skip: Ski
             yield text  # a file (a missing or unreadable one becomes an error record)
 
 
-def _expand_url(url: str, exts: set[str], recursive: bool, on_skip: SkipHandler | None) -> Iterator[Any]:
+def _expand_url(url: str, exts: set[str], recursive: bool, on_skip: SkipHandler | None,
+                quiet: frozenset[str] = frozenset()) -> Iterator[Any]:
     """A URL input: a glob, a folder (prefix), a manifest, or one file."""
     remote.url_to_fs(url)  # fsspec and the protocol's package present, or a clear error now
     if remote.has_wildcard(url):
         yield from (RemotePath(found) for found in remote.glob_files(url))
     elif remote.is_folder(url):
-        yield from (RemotePath(found) for found in _scan(url, remote.list_files(url, recursive), exts, on_skip))
+        yield from (RemotePath(found) for found in _scan(url, remote.list_files(url, recursive), exts, on_skip, quiet))
     elif Path(url).suffix.lower() in (".csv", ".jsonl") and remote.is_file(url):
         yield from (_remote(path) if is_url(path) else path for path in remote.manifest_sources(url))
     else:
@@ -272,9 +275,10 @@ def _not_a_file(path: str) -> str:
 
 
 def _scan(root: str, found: Iterable[str | tuple[str, str | None]], exts: set[str] | None,
-          on_skip: SkipHandler | None) -> list[str]:
+          on_skip: SkipHandler | None, quiet: frozenset[str] = frozenset()) -> list[str]:
     """The sorted image files of a folder walk or glob; what is left out is logged, passed to
-    ``on_skip`` and counted on stderr. ``exts`` None: any regular file (a glob names its own)."""
+    ``on_skip`` and counted on stderr, except files with a suffix in ``quiet`` (the run's own sidecar
+    captions). ``exts`` None: any regular file (a glob names its own)."""
     kept, skipped = [], collections.Counter()
     for entry in found:
         path, reason = entry if isinstance(entry, tuple) else (entry, None if os.path.isfile(entry) else "")
@@ -283,6 +287,8 @@ def _scan(root: str, found: Iterable[str | tuple[str, str | None]], exts: set[st
                 continue  # a glob that also matches folders
             reason = _not_a_file(path)
         if reason is None and exts is not None and Path(path).suffix.lower() not in exts:
+            if Path(path).suffix.lower() in quiet:
+                continue
             reason = f"not an accepted image type ({Path(path).suffix.lower() or 'no extension'})"
         if reason is None:
             kept.append(path)

@@ -261,7 +261,8 @@ class Tagger:
             decoder: str = "auto", extensions: Sequence[str] = IMAGE_EXTENSIONS, recursive: bool = True,
             hash_name: str | None = None, dedup: bool = False, postprocess: TagPostprocess | None = None,
             shard: tuple[int, int] | None = None, done: Callable[[str], bool] | None = None,
-            wds_image_keys: Sequence[str] = DEFAULT_IMAGE_KEYS, known: Iterable[TagRecord] = ()) -> Iterator[TagRecord]:
+            wds_image_keys: Sequence[str] = DEFAULT_IMAGE_KEYS, known: Iterable[TagRecord] = (),
+            quiet_suffixes: Sequence[str] = ()) -> Iterator[TagRecord]:
         """Tag ``inputs`` (see :func:`~lcie_fast.inputs.expand_inputs`); one record per input, in input order.
 
         Arguments are checked here, when ``tag`` is called, before any input is read; the records
@@ -294,6 +295,8 @@ class Tagger:
                 sidecar captions.
             wds_image_keys: The image member of a WebDataset sample, by extension, first found wins.
             known: Records of an earlier run of the same output (resuming with ``dedup``).
+            quiet_suffixes: Files with these suffixes are left out of folder scans without a word
+                (the sidecar captions a caption run writes beside its images).
 
         Raises:
             InvalidInputError: an argument out of range, named.
@@ -324,7 +327,7 @@ class Tagger:
                     if record.digest is not None and record.error is None and record.duplicate_of is None}
         call = _Call(threshold, postprocess, all_scores, hash_name, seen)
         sources = expand_inputs(inputs, extensions=extensions, recursive=recursive, wds_image_keys=wds_image_keys,
-                                on_skip=lambda path, reason: self._count(skipped=1))
+                                on_skip=lambda path, reason: self._count(skipped=1), quiet_suffixes=quiet_suffixes)
         countable = isinstance(inputs, (str, os.PathLike)) or (
             isinstance(inputs, (list, tuple)) and not any(isinstance(x, str) and x == "-" for x in inputs))
 

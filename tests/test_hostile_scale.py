@@ -257,8 +257,6 @@ def test_caption_shards_keep_their_own_statistics(tiny5_tagger, tiny5_checkpoint
     assert json.loads(Path(first.stats).read_text())["shard"] == [0, 2]
 
 
-@pytest.mark.xfail(strict=True, reason="a caption run counts its own caption files as 'paths under folders/globs left out' "
-                                       "on every rerun (stderr and skipped_by_scans)")
 def test_caption_rerun_does_not_report_its_captions_as_left_out(tiny5_tagger, tiny5_checkpoint, tmp_path):
     data = _folder(tmp_path / "data", count=3, bad=0)
     _run(tiny5_tagger, tiny5_checkpoint, [data], tmp_path / "errors.jsonl", "txt")
