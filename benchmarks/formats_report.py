@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -30,10 +29,9 @@ import time
 from pathlib import Path
 
 from lcie_fast.batch import CaptionOptions, TagJob, plan_job, run_job
+from lcie_fast.demo import find_traffic5
 from lcie_fast.outputs.merge import merge_outputs, read_output, record_fields
 from lcie_fast.tagger import Tagger
-
-DEFAULT_DATA = Path(os.environ.get("LCIE_FAST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "traffic5" / "valid"
 
 
 def build_dataset(source: Path, folder: Path) -> Path:
@@ -81,12 +79,16 @@ def comparable(path: str) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data", type=Path, help="a split folder with images/ (default: traffic5 valid, from "
+                        "$LCIE_FAST_DATA or ../shared/data)")
     parser.add_argument("--out", type=Path, default=Path("formats_out"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--thresholds", help="per-label thresholds JSON (default 0.5)")
     args = parser.parse_args(argv)
+    if args.data is None:
+        traffic5 = find_traffic5()
+        args.data = traffic5 / "valid" if traffic5 else Path("traffic5-not-found")
     if not (args.data / "images").is_dir():
         parser.error(f"{args.data}/images not found: pass --data (a split folder with images/)")
     out = args.out

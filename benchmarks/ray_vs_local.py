@@ -43,7 +43,7 @@ def cpu_name() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", default="/work/shared/data/traffic5/valid/images")
+    parser.add_argument("--images", help="default: traffic5's valid images ($LCIE_FAST_DATA or ../shared/data)")
     parser.add_argument("--model", default=str(REPO / "demo_out" / "graphs" / "model.int8-cpu.onnx"))
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -55,6 +55,13 @@ def main() -> None:
     from lcie_fast.distributed import tag_dataset
     from lcie_fast.tagger import Tagger
 
+    if args.images is None:
+        from lcie_fast.demo import find_traffic5
+
+        traffic5 = find_traffic5()
+        if traffic5 is None:
+            parser.error("traffic5 not found (set LCIE_FAST_DATA): pass --images")
+        args.images = str(traffic5 / "valid" / "images")
     files = [str(path) for path in sorted(Path(args.images).iterdir()) if path.is_file()]
     sizes = {"x1": files, f"x{args.repeat}": files * args.repeat}
     assert sum(1 for _ in Tagger.load(args.model).tag(files, batch_size=args.batch_size)) == len(files)  # warm the cache
