@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any, Callable, Iterator
 
 from ..errors import InputNotFoundError, InvalidInputError, UserError
+from ..remote import is_url
 from .lines import CSV_FIELDS, RecordWriter, inspect_output, mark_complete, parse_csv_labels, read_settings, sidecar_path
 from .parquet import ParquetRecordWriter, fields_from_json, inspect_parquet_output, read_parquet_records
 from .records import HASH_NAMES, RecordFields, TagRecord
@@ -136,7 +137,8 @@ def record_fields(settings: dict[str, Any] | None, columns: list[str] | None = N
 
 
 def _is_url(path: str | Path) -> bool:
-    return isinstance(path, str) and "://" in path and not path.startswith("file://")
+    """A URL of remote storage (a ``file://`` URL is a local path here)."""
+    return is_url(path) and not path.startswith("file://")
 
 
 def _open_output(path: str | Path) -> _Output:

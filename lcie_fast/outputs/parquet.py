@@ -38,6 +38,7 @@ from typing import IO, Any, Callable, Iterable, Iterator
 
 from .._optional import MissingDependencyError
 from ..errors import InputNotFoundError, InvalidInputError, UserError
+from ..remote import is_url, url_to_fs
 from .lines import SETTINGS, SIDECAR_KIND, OutputMismatchError, OutputWriteError, _difference
 from .records import RecordFields, TagRecord
 
@@ -59,18 +60,6 @@ def _pyarrow() -> tuple[ModuleType, ModuleType]:
         raise MissingDependencyError(f"Parquet outputs need pyarrow, which cannot be imported here ({err}). Install it "
                                      "with: pip install 'lcie-fast[parquet]'") from err
     return pyarrow, pyarrow.parquet
-
-
-def _url_to_fs(url: str) -> tuple[Any, str]:
-    try:
-        import fsspec.core
-    except ImportError as err:
-        raise MissingDependencyError(f"the output {url} is a URL: remote storage needs fsspec, which cannot be imported "
-                                     f"here ({err}). Install it with: pip install 'lcie-fast[remote]'") from err
-    try:
-        return fsspec.core.url_to_fs(url)
-    except (ImportError, ValueError) as err:  # a protocol whose package is missing, or a malformed URL
-        raise InvalidInputError(f"cannot open the output {url}: {err}") from None
 
 
 def parquet_schema(fields: RecordFields) -> Any:
@@ -107,8 +96,8 @@ class _Place:
         self.name = os.fspath(target)
         self.fs: Any = None
         path = self.name
-        if isinstance(target, str) and "://" in target:
-            fs, path = _url_to_fs(target)
+        if is_url(target):
+            fs, path = url_to_fs(target)
             protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
             if "file" not in protocols:
                 self.fs = fs
