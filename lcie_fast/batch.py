@@ -407,7 +407,7 @@ def run_job(job: TagJob, tagger: Any, plan: Plan, *, model: str | None = None,
     if plan.done:
         check_resumed_inputs(job, plan.done, job.output)
         print(f"resuming {job.output}: {len(plan.done)} records already there", file=sys.stderr)
-    known = _known_records(job, target) if job.dedup and plan.done else ()
+    known = _known_records(target) if job.dedup and plan.done else ()
     writer = _Writer(job, plan, job.fields(tagger.labels), target)
     done_filter = None
     if job.fmt == "txt" and job.captions.on_existing == "skip":
@@ -502,7 +502,7 @@ def _chunks(records: Iterator[TagRecord], size: int) -> Iterator[list[TagRecord]
         yield chunk
 
 
-def _known_records(job: TagJob, target: str) -> Iterator[TagRecord]:
+def _known_records(target: str) -> Iterator[TagRecord]:
     """The records already in the output (dedup on resume: their content is not tagged twice)."""
     from .outputs.merge import read_output
 
