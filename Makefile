@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch and torchvision must be a matching pair; override for another CUDA or CPU build.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-EXTRAS ?= dev,deploy,dali,video,pretrained,parquet,remote,ray
+EXTRAS ?= dev,deploy,dali,video,pretrained,parquet,remote,ray,triton-client
 
 .PHONY: demo test venv clean
 

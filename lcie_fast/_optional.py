@@ -28,6 +28,8 @@ EXTRAS = {
     "pyarrow": "parquet",
     "fsspec": "remote",
     "ray": "ray",
+    "tritonclient": "triton-client",
+    "geventhttpclient": "triton-client",
     "triton": "triton (it ships with the CUDA builds of torch)",
 }
 

@@ -115,11 +115,12 @@ def calibration_manifest_path(graph_path: str | Path) -> Path:
     return graph_path.with_name(graph_path.stem + ".calib.json")
 
 
-def write_onnx_metadata(model_proto: Any, meta: ModelMetadata) -> None:
-    """Store ``meta`` (and the I/O contract) as JSON in the graph's ``metadata_props``."""
+def write_onnx_metadata(model_proto: Any, meta: ModelMetadata, io: dict[str, Any] | None = None) -> None:
+    """Store ``meta`` (and the I/O contract: by default normalised ``images`` in, ``logits`` out) as
+    JSON in the graph's ``metadata_props``."""
     data = meta.to_dict()
-    data["io"] = {"input": INPUT_NAME, "output": OUTPUT_NAME, "layout": "NCHW", "dtype": "float32",
-                  "normalised": True}
+    data["io"] = io or {"input": INPUT_NAME, "output": OUTPUT_NAME, "layout": "NCHW", "dtype": "float32",
+                        "normalised": True}
     for prop in list(model_proto.metadata_props):
         if prop.key == METADATA_KEY:
             model_proto.metadata_props.remove(prop)
@@ -488,3 +489,80 @@ def read_artifact_metadata(path: str | Path) -> ModelMetadata:
     if kind == "aoti":
         return read_aoti_metadata(path)
     raise MetadataError(f"{path}: checkpoints are read with lcie_fast.models.checkpoint.model_from_checkpoint")
+
+
+# ------------------------------------------------------------------ serving and edge bundles
+TRITON_FORMAT = "lcie_fast.triton"
+TRITON_FORMAT_VERSION = 1
+TRITON_METADATA_FILE = "lcie_metadata.json"  # in each model folder of a Triton repository
+TRITON_METADATA_PARAMETER = "lcie_metadata"  # config.pbtxt parameter holding the same JSON (clients read it remotely)
+PROBS_NAME = "probs"  # the sigmoid output of DeepStream graphs and of Triton models served --with-probs
+
+DEEPSTREAM_FORMAT = "lcie_fast.deepstream"
+DEEPSTREAM_FORMAT_VERSION = 1
+DEEPSTREAM_BUNDLE_FILE = "lcie_deepstream.json"  # what the bundle holds, read by the pyds probe
+
+
+def triton_model_metadata(meta: ModelMetadata, *, kind: str, precision: str, artifact_sha256: str,
+                          thresholds: dict[str, float] | None = None, with_probs: bool = False) -> dict[str, Any]:
+    """What a Triton client needs to rebuild a model's inputs and read its outputs exactly.
+
+    Written as ``lcie_metadata.json`` beside ``config.pbtxt`` and, as the same JSON, into the
+    config's ``parameters`` under :data:`TRITON_METADATA_PARAMETER` (the server returns it with
+    the model's configuration, so a remote client needs no file).
+
+    Args:
+        meta: The model's metadata (labels, preprocessing).
+        kind: ``onnx`` or ``tensorrt``: what the model folder serves.
+        precision: ``fp32``, ``fp16`` or ``int8``.
+        artifact_sha256: sha256 of the served ONNX graph (for an engine: of the graph it was built from).
+        thresholds: Per-label thresholds fitted for the model, or None (clients use 0.5).
+        with_probs: The model also has the sigmoid output :data:`PROBS_NAME`.
+    """
+    size = meta.preprocess.input_size
+    outputs = [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, meta.num_classes], "activation": "none"}]
+    if with_probs:
+        outputs.append({"name": PROBS_NAME, "datatype": "FP32", "shape": [-1, meta.num_classes], "activation": "sigmoid"})
+    return {
+        "format": TRITON_FORMAT,
+        "format_version": TRITON_FORMAT_VERSION,
+        "kind": kind,
+        "precision": precision,
+        "sha256": artifact_sha256,
+        "labels": list(meta.label_names),
+        "thresholds": thresholds,
+        "preprocess": meta.to_dict()["preprocess"],
+        "input": {"name": INPUT_NAME, "datatype": "FP32", "layout": "NCHW", "shape": [-1, 3, size, size],
+                  "normalised": True},
+        "outputs": outputs,
+        "metadata": meta.to_dict(),
+    }
+
+
+def read_triton_model_metadata(data: str | dict[str, Any], source: Any = "lcie_metadata") -> tuple[ModelMetadata, dict[str, Any]]:
+    """The model metadata and the whole document of :func:`triton_model_metadata` (JSON text or parsed).
+
+    Raises:
+        MetadataError: not JSON, not this format, a newer format version, or malformed metadata
+            (naming ``source`` and the field).
+    """
+    if isinstance(data, str):
+        try:
+            data = json.loads(data)
+        except json.JSONDecodeError as err:
+            raise MetadataError(f"{source}: not valid JSON: {err}") from None
+    if not isinstance(data, dict) or data.get("format") != TRITON_FORMAT:
+        raise MetadataError(f"{source} is not lcie-fast Triton metadata (format "
+                            f"{data.get('format') if isinstance(data, dict) else None!r:.40}); export the repository "
+                            f"with lcie-fast export-triton")
+    version = data.get("format_version")
+    if not isinstance(version, int) or version > TRITON_FORMAT_VERSION:
+        raise MetadataError(f"{source}: format_version {version!r} is newer than this lcie-fast understands "
+                            f"({TRITON_FORMAT_VERSION}); upgrade lcie-fast")
+    try:
+        meta = ModelMetadata.from_dict(data.get("metadata"))
+    except MetadataError as err:
+        raise MetadataError(f"{source}: field 'metadata': {err}") from None
+    if list(meta.label_names) != list(data.get("labels", [])):
+        raise MetadataError(f"{source}: field 'labels' differs from the labels of field 'metadata'")
+    return meta, data

@@ -1,7 +1,8 @@
 """Batch tagging: inputs -> decode (overlapped with inference) -> backend -> labels, in input order.
 
-``Tagger.load(path)`` takes a checkpoint (``.pt``), an ONNX graph (``.onnx``) or an engine
-bundle (``.engine``) and opens the best backend that can run here, or the one asked for
+``Tagger.load(path)`` takes a checkpoint (``.pt``), an ONNX graph (``.onnx``), an engine
+bundle (``.engine``), or the URL of a model served by Triton (``http://HOST:PORT/MODEL``), and
+opens the best backend that can run here, or the one asked for
 (:func:`lcie_fast.runtime.open_backend`). Preprocessing comes from the model's metadata.
 
 ``Tagger.tag(inputs)`` yields one :class:`~lcie_fast.outputs.TagRecord` per input, in input
@@ -151,13 +152,16 @@ class Tagger:
              thresholds: float | str | Path | dict[str, float] | None = None, fast_ops: str = "auto",
              max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES,
              max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES, allow_host_code: bool = False) -> Tagger:
-        """Load a checkpoint, ONNX graph or engine bundle with the best (or the named) backend.
+        """Load a checkpoint, ONNX graph, engine bundle or Triton-served model with the best (or the named) backend.
 
         Args:
-            path: ``.pt`` checkpoint, ``.onnx`` graph exported by lcie-fast, or ``.engine`` bundle.
+            path: ``.pt`` checkpoint, ``.onnx`` graph exported by lcie-fast, ``.engine`` bundle, or the
+                URL ``http[s]://HOST:PORT/MODEL[/VERSION]`` of a model served by Triton Inference Server
+                from a repository written by ``lcie-fast export-triton`` (backend ``triton``).
             backend, device, precision, fast_ops, allow_host_code: as :func:`lcie_fast.runtime.open_backend`.
             thresholds: One score threshold, a JSON file from ``lcie-fast eval --fit-thresholds``,
-                or a {label: threshold} mapping (default 0.5).
+                or a {label: threshold} mapping (default: the thresholds a Triton-served model was
+                exported with, when it carries any; else 0.5).
             max_pixels: Images with more pixels are refused (decompression bombs).
             max_bytes: Files larger than this are refused before they are read.
             max_decode_bytes: Images whose decoding needs more memory (from the header) are
@@ -172,6 +176,8 @@ class Tagger:
         instance = open_backend(path, backend, device, precision=precision, fast_ops=fast_ops,
                                 allow_host_code=allow_host_code)
         tagger = cls(instance, max_pixels=max_pixels, max_bytes=max_bytes, max_decode_bytes=max_decode_bytes)
+        if thresholds is None:  # a Triton model's lcie_metadata may carry the thresholds fitted for it
+            thresholds = getattr(instance, "default_thresholds", None)
         if thresholds is not None:
             tagger.set_thresholds(thresholds)
         return tagger

@@ -33,6 +33,9 @@ SUBCOMMANDS: list[tuple[str, str]] = [
     ("lcie_fast.cli.tag", "add_tag_parser"),
     ("lcie_fast.cli.tag", "add_tag_merge_parser"),
     ("lcie_fast.cli.tag", "add_tag_video_parser"),
+    ("lcie_fast.cli.deepstream", "add_export_deepstream_parser"),
+    ("lcie_fast.cli.triton", "add_export_triton_parser"),
+    ("lcie_fast.cli.triton", "add_check_triton_parser"),
     ("lcie_fast.cli.bench", "add_bench_parser"),
     ("lcie_fast.cli.demo", "add_demo_parser"),
 ]

@@ -40,8 +40,10 @@ def _ranged(kind: type, low: float | None = None, high: float | None = None, *,
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="checkpoint (.pt), ONNX graph (.onnx) or engine bundle (.engine)")
-    p.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "compiled", "eager", "onnxruntime"])
+    p.add_argument("model", help="checkpoint (.pt), ONNX graph (.onnx), engine bundle (.engine), or the URL "
+                                 "http[s]://HOST:PORT/MODEL[/VERSION] of a model on a Triton server (export-triton)")
+    p.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "compiled", "eager", "onnxruntime", "triton"],
+                   help="triton: the model is a Triton server URL (auto picks it for a URL)")
     p.add_argument("--device", help="cpu or cuda[:N] (default: a GPU when visible)")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="torch backends (default fp16 on a GPU)")
     group = p.add_mutually_exclusive_group()
@@ -219,6 +221,7 @@ def run_tag(args: argparse.Namespace) -> int:
 
     from ..batch import per_shard_jobs, plan_job, run_job
     from ..errors import InvalidInputError
+    from ..runtime import is_server_url
 
     if args.ray:
         return _run_ray(args)
@@ -234,15 +237,17 @@ def run_tag(args: argparse.Namespace) -> int:
         jobs = per_shard_jobs(_job(args), shard)
     else:
         jobs = [_job(args)]
-    # every output is checked before the model loads
-    model_sha256 = _model_sha256(args.model)
+    # every output is checked before the model loads; a model on a Triton server is asked first for the
+    # sha256 of the graph it serves (its lcie_metadata), which identifies the model of a resumed output
+    served = _tagger(args) if is_server_url(args.model) else None
+    model_sha256 = served.backend.sha256 if served else _model_sha256(args.model)
     plans = [plan_job(each, args.model, model_sha256) for each in jobs]
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     stdin = sys.stdin
     if "-" in args.inputs:
         sys.stdin = _RereadableStdin(stdin)  # a resumed output checks the first lines before tagging reads them
     try:
-        tagger = _tagger(args)
+        tagger = served or _tagger(args)
         for each, plan in zip(jobs, plans):
             stats = run_job(each, tagger, plan, model=args.model)
             _summary(each, stats)
@@ -255,9 +260,13 @@ def _run_ray(args: argparse.Namespace) -> int:
     """``lcie-fast tag --ray``: the same records, tagged by Ray Data actors into part files under ``-o``."""
     from ..distributed import tag_dataset
     from ..errors import InvalidInputError
+    from ..runtime import is_server_url
 
     if not args.output:
         raise InvalidInputError("--ray needs -o/--output: the output folder of the part files")
+    if is_server_url(args.model):
+        raise InvalidInputError(f"--ray runs a model file every worker reads, not a Triton server URL ({args.model}): "
+                                "tag without --ray (the server batches and runs the model)")
     unsupported = [flag for flag, on in (("--shard", args.shard), ("--per-shard", args.per_shard),
                                          ("--dedup", args.dedup), ("--format txt", args.format == "txt"),
                                          ("--stats", args.stats)) if on]

@@ -2,7 +2,8 @@
 
 A backend takes a normalised float32 (N, 3, S, S) batch and returns (N, C) logits
 (:class:`~lcie_fast.runtime.base.Backend`). :func:`open_backend` picks the best backend that can
-run a checkpoint, an ONNX graph, an AOTInductor package or an engine bundle here (or the one asked for), and
+run a checkpoint, an ONNX graph, an AOTInductor package or an engine bundle here (or the one asked for), or
+the :class:`~lcie_fast.runtime.triton_client.TritonBackend` of a model served by Triton (an ``http(s)://`` URL), and
 :func:`~lcie_fast.runtime.variants.backend_variants` lists every backend worth comparing for
 benchmarks and parity. The tagger, ``bench``, ``parity`` and the demo all go through these two.
 """
@@ -14,10 +15,11 @@ from typing import Any
 
 from ..artifacts import artifact_kind
 from .base import Backend, BackendError
+from .triton_client import URL_FORM, is_server_url
 
-BACKENDS = ("auto", "tensorrt", "compiled", "eager", "onnxruntime", "aoti")
+BACKENDS = ("auto", "tensorrt", "compiled", "eager", "onnxruntime", "aoti", "triton")
 
-__all__ = ["BACKENDS", "Backend", "BackendError", "open_backend"]
+__all__ = ["BACKENDS", "Backend", "BackendError", "is_server_url", "open_backend"]
 
 
 def open_backend(model: str | Path | Any, backend: str = "auto", device: str | None = None, *,
@@ -26,16 +28,20 @@ def open_backend(model: str | Path | Any, backend: str = "auto", device: str | N
     """The named backend, or the first of the ``auto`` order that builds here.
 
     ``auto`` order: TensorRT for engine bundles, ONNX Runtime for graphs, AOTInductor for
-    ``.pt2`` packages; for checkpoints (and in-memory models) torch.compile on a GPU, eager on a
-    GPU, eager on the CPU.
+    ``.pt2`` packages, Triton for ``http(s)://`` URLs; for checkpoints (and in-memory models)
+    torch.compile on a GPU, eager on a GPU, eager on the CPU.
 
     Args:
         model: A ``.pt`` checkpoint, an ``.onnx`` graph or a ``.pt2`` AOTInductor package exported
-            by lcie-fast, an ``.engine`` bundle, or an in-memory LCIE model (then ``meta`` is required).
+            by lcie-fast, an ``.engine`` bundle, an in-memory LCIE model (then ``meta`` is required), or
+            the URL ``http[s]://HOST:PORT/MODEL[/VERSION]`` of a model on a Triton Inference Server
+            exported by ``lcie-fast export-triton`` (a string; only the ``triton`` backend takes one).
         backend: ``auto`` (for an ``.onnx`` graph: the sibling graph suited to the CPU, see
-            :mod:`lcie_fast.runtime.onnxruntime`), ``tensorrt``, ``compiled``, ``eager``, ``onnxruntime`` or ``aoti``.
+            :mod:`lcie_fast.runtime.onnxruntime`), ``tensorrt``, ``compiled``, ``eager``, ``onnxruntime``, ``aoti``
+            or ``triton``.
         device: ``cpu`` or ``cuda[:N]`` (default: a GPU when visible, for torch backends; the
-            device it was compiled for, for ``.pt2`` packages).
+            device it was compiled for, for ``.pt2`` packages). Not used for a Triton URL: images are
+            normalised on the CPU here and the server runs the model on its own devices.
         meta: The metadata of an in-memory ``model``.
         precision: For torch backends: ``fp32``, ``fp16`` or ``bf16`` (default fp16 on a GPU,
             fp32 on the CPU). Graphs, packages and engines carry their own precision.
@@ -48,12 +54,25 @@ def open_backend(model: str | Path | Any, backend: str = "auto", device: str | N
 
     Raises:
         FileNotFoundError: ``model`` is a path that does not exist.
-        BackendError: the named backend cannot run here, or no backend fits (every reason named).
+        BackendError: the named backend cannot run here, or no backend fits (every reason named); a URL
+            given to another backend than ``triton``, or a file to ``triton``; for a URL, every reason
+            of :class:`~lcie_fast.runtime.triton_client.TritonBackend` (malformed, server unreachable,
+            model unknown or not exported by lcie-fast).
     """
     import torch
 
     if backend not in BACKENDS:
         raise BackendError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if is_server_url(model):
+        if backend not in ("auto", "triton"):
+            raise BackendError(f"{model} is the URL of a model on a Triton server: backend {backend!r} runs local "
+                               "files; use backend 'triton' (or 'auto')")
+        from .triton_client import TritonBackend
+
+        return TritonBackend(model)
+    if backend == "triton":
+        raise BackendError(f"backend 'triton' runs a model on a Triton Inference Server: pass its URL {URL_FORM}, "
+                           f"not {str(model) if isinstance(model, (str, Path)) else type(model).__name__!r}")
     if isinstance(model, (str, Path)):
         model = Path(model)
         if not model.is_file():

@@ -1,0 +1,1 @@
+"""DeepStream bundles: what ``lcie-fast export-deepstream`` writes for NVIDIA's nvinfer plugin."""
