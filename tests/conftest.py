@@ -102,6 +102,17 @@ def tiny5_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny5_onnx(tiny5_checkpoint, tmp_path_factory) -> Path:
+    """:func:`tiny5_checkpoint` exported once to an FP32 ``model.onnx`` (needs the deploy extra)."""
+    pytest.importorskip("onnx", reason="needs onnx: pip install 'lcie-fast[deploy]'")
+    from lcie_fast.deploy.export import export_onnx
+    from lcie_fast.models.checkpoint import model_from_checkpoint
+
+    model, meta = model_from_checkpoint(tiny5_checkpoint)
+    return export_onnx(model, meta, tmp_path_factory.mktemp("tiny5_graph") / "model.onnx")
+
+
+@pytest.fixture(scope="session")
 def tiny5_tagger(tiny5_checkpoint):
     """A tagger of :func:`tiny5_checkpoint` at threshold 0.45 (its random scores sit near 0.5: some labels kept)."""
     from lcie_fast.tagger import Tagger
