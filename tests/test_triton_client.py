@@ -57,13 +57,12 @@ def _config_text(name, meta, *, max_batch=MAX_BATCH, document=None, size=None):
 
 
 @pytest.fixture(scope="module")
-def graph(tiny5_checkpoint, tmp_path_factory):
-    """The tiny 5-label model as an FP32 ONNX graph, and its metadata."""
-    from lcie_fast.deploy.export import export_onnx
-    from lcie_fast.models.checkpoint import model_from_checkpoint
+def graph(tiny5_onnx, tmp_path_factory):
+    """The tiny 5-label model as an FP32 ONNX graph (a copy of the session's), and its metadata."""
+    from lcie_fast.artifacts import read_onnx_metadata
 
-    model, meta = model_from_checkpoint(tiny5_checkpoint)
-    return export_onnx(model, meta, tmp_path_factory.mktemp("graph") / "model.onnx"), meta
+    path = shutil.copyfile(tiny5_onnx, tmp_path_factory.mktemp("graph") / "model.onnx")
+    return path, read_onnx_metadata(path)
 
 
 @pytest.fixture(scope="module")

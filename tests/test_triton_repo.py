@@ -68,14 +68,10 @@ def _retagged(source: Path, target: Path, *, qdq: bool = False, **changes) -> Pa
 
 
 @pytest.fixture(scope="module")
-def graphs(tiny5_checkpoint, tmp_path_factory) -> dict[str, Path]:
-    """The tiny model's FP32 graph (exported once) and FP16 / INT8 stand-ins with the same weights."""
-    from lcie_fast.deploy.export import export_onnx
-    from lcie_fast.models.checkpoint import model_from_checkpoint
-
+def graphs(tiny5_onnx, tmp_path_factory) -> dict[str, Path]:
+    """The tiny model's FP32 graph (exported once per session) and FP16 / INT8 stand-ins with the same weights."""
     folder = tmp_path_factory.mktemp("graphs")
-    model, meta = model_from_checkpoint(tiny5_checkpoint)
-    fp32 = export_onnx(model, meta, folder / "model.onnx")
+    fp32 = Path(shutil.copyfile(tiny5_onnx, folder / "model.onnx"))
     return {
         "fp32": fp32,
         "fp16": _retagged(fp32, folder / "model.fp16.onnx", precision="fp16"),
