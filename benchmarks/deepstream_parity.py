@@ -1,10 +1,12 @@
 """Accuracy of the DeepStream graph under a simulation of nvinfer's scaling, on real images.
 
     python benchmarks/deepstream_parity.py --model demo_out/graphs/model.onnx \\
-        [--data ../shared/data/traffic5/valid] [--precisions fp32 fp16 int8] [--input-scales 2 1] [--out ds_parity]
+        [--data ../shared/data/traffic5/valid] [--precisions fp32 fp16 int8] [--configs 2:bilinear 1:super]
+        [--out ds_parity]
 
-For each precision's graph (``model.onnx`` and its ``.fp16`` / ``.int8`` siblings) and each input
-scale, :func:`lcie_fast.deploy.deepstream.simulate.deepstream_parity` scores ``lcie_ds.onnx`` against
+For each precision's graph (``model.onnx`` and its ``.fp16`` / ``.int8`` siblings) and each
+configuration ``SCALE:SCALER`` (the graph's input scale and nvinfer's scaler: ``bilinear`` or
+``super``; the bundle writes 2:bilinear by default and 1:super with ``--input-scale 1``), :func:`lcie_fast.deploy.deepstream.simulate.deepstream_parity` scores ``lcie_ds.onnx`` against
 the FP32 graph fed lcie-fast's own preprocessing (ONNX Runtime, CPU): once on lcie-fast's resize (the
 graph edits and the precision alone) and once on the simulated nvinfer scaling. For scale, one more
 row: the FP32 model fed an antialiased *bicubic* resize instead of its bilinear one, i.e. how far a
@@ -61,7 +63,7 @@ def main() -> int:
     parser.add_argument("--model", required=True, help="the FP32 model.onnx (siblings .fp16 / .int8 beside it)")
     parser.add_argument("--data", type=Path, default=default_data())
     parser.add_argument("--precisions", nargs="+", default=["fp32", "fp16", "int8"])
-    parser.add_argument("--input-scales", nargs="+", type=int, default=[2, 1])
+    parser.add_argument("--configs", nargs="+", default=["2:bilinear", "1:super"], metavar="SCALE:SCALER")
     parser.add_argument("--out", type=Path, default=Path("ds_parity"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -72,9 +74,12 @@ def main() -> int:
                  f"{context['min_cosine']:.4f}, tag agreement {100 * context['agreement']:.2f}%", ""]
     for precision in args.precisions:
         graph = graph_paths(args.model)[precision]
-        for scale in args.input_scales:
+        for config in args.configs:
+            scale, _, scaling = config.partition(":")
+            scale = int(scale)
             start = time.perf_counter()
-            report = deepstream_parity(args.model, graph, args.data, input_scale=scale, progress=False)
+            report = deepstream_parity(args.model, graph, args.data, input_scale=scale, scaling=scaling or None,
+                                       progress=False)
             report["seconds"] = round(time.perf_counter() - start, 1)
             reports.append(report)
             sections += [f"### {graph.name}, input scale {scale} ({report['scaling']} scaling)", "",
