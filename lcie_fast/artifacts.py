@@ -33,6 +33,7 @@ from .metadata import MetadataError, ModelMetadata
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
+PROBS_NAME = "probs"  # the sigmoid output of DeepStream graphs and of Triton models served --with-probs
 METADATA_KEY = "lcie_fast"
 PRECISIONS = ("fp32", "fp16", "int8")
 INT8_TARGETS = ("tensorrt", "cpu")  # who an INT8 graph is placed for: TensorRT's Q/DQ rules or ORT's CPU kernels
@@ -205,10 +206,33 @@ def _shape_text(shape: list[Dim]) -> str:
     return "(" + ", ".join(str(dim) if dim not in (None, "") else "?" for dim in shape) + ")"
 
 
+def read_onnx_io(path_or_proto: Any) -> dict[str, Any]:
+    """The I/O contract embedded beside the metadata (``input``, ``output``, ``normalised`` ...);
+    ``consumer: "deepstream"`` marks a DeepStream graph (raw pixels in, ``probs`` out)."""
+    proto = path_or_proto if hasattr(path_or_proto, "metadata_props") else load_onnx(path_or_proto)
+    for prop in proto.metadata_props:
+        if prop.key == METADATA_KEY:
+            try:
+                io = json.loads(prop.value).get("io")
+            except (json.JSONDecodeError, AttributeError):
+                io = None
+            return io if isinstance(io, dict) else {}
+    return {}
+
+
+def is_deepstream_io(io: dict[str, Any]) -> bool:
+    """Whether an I/O contract (of a graph or an engine sidecar) is a DeepStream graph's."""
+    return io.get("consumer") == "deepstream"
+
+
 def check_onnx_graph(path: str | Path, meta: ModelMetadata | None = None) -> ModelMetadata:
-    """The metadata of an lcie-fast graph whose I/O shapes agree with it; :class:`GraphError` otherwise."""
+    """The metadata of an lcie-fast graph whose I/O shapes agree with it; :class:`GraphError` otherwise.
+    A DeepStream graph is checked against its own contract (input side, ``probs`` output)."""
     proto = load_onnx(path)
     meta = meta or read_onnx_metadata(proto)
+    io = read_onnx_io(proto)
+    if is_deepstream_io(io):
+        return _check_deepstream_graph(path, proto, meta, io)
 
     def shape(values: Any, name: str) -> list[Dim] | None:
         for value in values:
@@ -220,6 +244,18 @@ def check_onnx_graph(path: str | Path, meta: ModelMetadata | None = None) -> Mod
     problems = onnx_io_problems(meta, shape(proto.graph.input, INPUT_NAME), shape(proto.graph.output, OUTPUT_NAME))
     if problems:
         raise GraphError(f"{path}: " + "; ".join(problems))
+    return meta
+
+
+def _check_deepstream_graph(path: Any, proto: Any, meta: ModelMetadata, io: dict[str, Any]) -> ModelMetadata:
+    shapes = {value.name: [d.dim_value or None for d in value.type.tensor_type.shape.dim]
+              for value in (*proto.graph.input, *proto.graph.output)}
+    size = io.get("input_size", meta.preprocess.input_size)
+    want = {INPUT_NAME: [None, 3, size, size], PROBS_NAME: [None, meta.num_classes]}
+    problems = [f"{name} is {shapes.get(name)}, expected {shape} (None: dynamic batch)"
+                for name, shape in want.items() if shapes.get(name) != shape]
+    if problems:
+        raise GraphError(f"{path}: DeepStream graph: " + "; ".join(problems))
     return meta
 
 
@@ -235,10 +271,15 @@ def platform_tag() -> str:
 
 
 def engine_sidecar(meta: ModelMetadata, *, trt_version: str, gpu: dict[str, str], profile: dict[str, Any],
-                   onnx_path: str | Path, onnx_sha256: str, build_seconds: float, key: str) -> dict[str, Any]:
-    """The sidecar of a freshly built bundle: everything a loader checks before deserializing."""
-    size = meta.preprocess.input_size
+                   onnx_path: str | Path, onnx_sha256: str, build_seconds: float, key: str,
+                   graph_io: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The sidecar of a freshly built bundle: everything a loader checks before deserializing.
+    ``graph_io``: the graph's I/O contract (:func:`read_onnx_io`) when it is not the default one
+    (a DeepStream graph: raw pixels in, ``probs`` out, recorded as ``io.consumer``)."""
+    deepstream = is_deepstream_io(graph_io or {})
+    size = (graph_io or {}).get("input_size", meta.preprocess.input_size) if deepstream else meta.preprocess.input_size
     shape = {name: [profile[f"{name}_batch"], 3, size, size] for name in ("min", "opt", "max")}
+    output = PROBS_NAME if deepstream else OUTPUT_NAME
     return {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_VERSION,
@@ -249,7 +290,8 @@ def engine_sidecar(meta: ModelMetadata, *, trt_version: str, gpu: dict[str, str]
         "profile": profile,
         "onnx": {"path": str(onnx_path), "sha256": onnx_sha256},
         "io": {"input": {"name": INPUT_NAME, "dtype": "float32", "layout": "NCHW", **shape},
-               "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", meta.num_classes]}},
+               "output": {"name": output, "dtype": "float32", "shape": ["batch", meta.num_classes]},
+               **({"consumer": "deepstream", "normalised": False} if deepstream else {})},
         "build_seconds": round(build_seconds, 1),
         "key": key,
     }
@@ -496,7 +538,6 @@ TRITON_FORMAT = "lcie_fast.triton"
 TRITON_FORMAT_VERSION = 1
 TRITON_METADATA_FILE = "lcie_metadata.json"  # in each model folder of a Triton repository
 TRITON_METADATA_PARAMETER = "lcie_metadata"  # config.pbtxt parameter holding the same JSON (clients read it remotely)
-PROBS_NAME = "probs"  # the sigmoid output of DeepStream graphs and of Triton models served --with-probs
 
 DEEPSTREAM_FORMAT = "lcie_fast.deepstream"
 DEEPSTREAM_FORMAT_VERSION = 1

@@ -224,3 +224,33 @@ def test_simulated_nvinfer_path_scores_through_the_parity_machinery(tiny5_checkp
     assert report["images"] == 48 and own["passed"] and own["cosine"] > 0.99999
     assert simulated["dmAP_ci95"][0] <= simulated["dmAP"] <= simulated["dmAP_ci95"][1]
     assert simulated["scaling_gate_passed"] is not None and 0 < simulated["cosine"] <= 1
+
+
+def test_an_engine_built_from_the_bundles_graph_ships_with_it(bundles, tiny5_onnx, tmp_path):
+    """build-engine compiles lcie_ds.onnx as given (TensorRT cannot run here: its sidecar is made the way
+    build_engine makes it); the same export writes the same graph, so the engine is accepted and shipped."""
+    from lcie_fast.artifacts import check_onnx_graph, read_onnx_io
+    from lcie_fast.io import sha256_file
+
+    graph = bundles["primary"] / "lcie_ds.onnx"
+    meta = check_onnx_graph(graph)  # the DeepStream contract: raw 2S x 2S input, probs output
+    io = read_onnx_io(graph)
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"engine bytes")
+    sidecar = engine_sidecar(meta, trt_version="10.14.1", gpu={"name": "Orin", "compute_capability": "8.7"},
+                             profile={"min_batch": 1, "opt_batch": 4, "max_batch": 8}, onnx_path=graph,
+                             onnx_sha256=sha256_file(graph), build_seconds=1.0, key="k", graph_io=io)
+    assert sidecar["io"]["output"]["name"] == "probs" and sidecar["io"]["consumer"] == "deepstream"
+    assert sidecar["io"]["input"]["max"] == [8, 3, io["input_size"], io["input_size"]]
+    write_json(sidecar, f"{engine}.json")
+    thresholds = tmp_path / "thresholds.json"
+    thresholds.write_text(json.dumps({"bus": 0.3, "car": 0.6}))
+    out = export_deepstream(tiny5_onnx, tmp_path / "with_engine", precision="fp32", thresholds=thresholds, top_k=2,
+                            engine=engine)
+    bundle = Path(out["folder"])
+    assert _config(bundle)["model-engine-file"] == "lcie_ds.engine"
+    assert (bundle / "lcie_ds.engine").read_bytes() == b"engine bytes" and out["engine"]["gpu"]["name"] == "Orin"
+    assert sha256_file(bundle / "lcie_ds.onnx") == sha256_file(graph)
+    with pytest.raises(InvalidInputError, match="batches up to 8"):
+        export_deepstream(tiny5_onnx, tmp_path / "too_big", precision="fp32", batch_size=16, engine=engine,
+                          thresholds=thresholds, top_k=2)

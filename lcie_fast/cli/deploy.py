@@ -134,7 +134,8 @@ def add_build_engine_parser(sub: argparse._SubParsersAction) -> None:
                        description="Compile an exported graph (the profile's precision picks model.onnx, "
                                    "model.fp16.onnx or model.int8.onnx) into engines/build/<key>/model.engine with "
                                    "its JSON sidecar; reuse the cached bundle when every input is unchanged.")
-    p.add_argument("onnx", help="the FP32 graph model.onnx (its .fp16/.int8 siblings are found beside it)")
+    p.add_argument("onnx", help="the FP32 graph model.onnx (its .fp16/.int8 siblings are found beside it), or a "
+                                "DeepStream graph lcie_ds.onnx (compiled as given, for export-deepstream --engine)")
     p.add_argument("--profile", required=True, help="engines/profiles/<name>.yaml")
     p.add_argument("--cache-dir", default="engines/build")
     p.add_argument("--device", type=int, default=0)
@@ -143,11 +144,12 @@ def add_build_engine_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_build_engine(args: argparse.Namespace) -> int:
-    from ..artifacts import graph_paths
+    from ..artifacts import graph_paths, is_deepstream_io, read_onnx_io
     from ..deploy.tensorrt import build_engine, load_profile
 
     profile = load_profile(args.profile)
-    onnx_path = graph_paths(args.onnx)[profile.precision]
+    # a DeepStream graph (lcie_ds.onnx) is compiled as given; model.onnx picks the profile's sibling
+    onnx_path = Path(args.onnx) if is_deepstream_io(read_onnx_io(args.onnx)) else graph_paths(args.onnx)[profile.precision]
     if not onnx_path.is_file():
         raise InputNotFoundError(f"{onnx_path} not found: export it with lcie-fast export --{profile.precision}")
     engine = build_engine(onnx_path, profile, cache_dir=args.cache_dir, device=args.device, force=args.force)

@@ -22,7 +22,15 @@ import json
 import time
 from pathlib import Path
 
-from ..artifacts import INPUT_NAME, EngineError, check_bundle, check_onnx_graph, engine_sidecar, platform_tag
+from ..artifacts import (
+    INPUT_NAME,
+    EngineError,
+    check_bundle,
+    check_onnx_graph,
+    engine_sidecar,
+    platform_tag,
+    read_onnx_io,
+)
 from ..config import ConfigError, from_dict, load_yaml
 from ..io import atomic_write, sha256_file, write_json
 from ..runtime.tensorrt import current_gpu, trt_module
@@ -128,7 +136,8 @@ def build_engine(onnx_path: str | Path, profile: EngineProfile, *, cache_dir: st
     elif profile.compatibility == "hardware":
         config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
 
-    size = meta.preprocess.input_size
+    graph_io = read_onnx_io(onnx_path)  # a DeepStream graph takes its own (larger) input side
+    size = int(graph_io.get("input_size", meta.preprocess.input_size))
     optimization = builder.create_optimization_profile()
     optimization.set_shape(INPUT_NAME, (profile.min_batch, 3, size, size), (profile.opt_batch, 3, size, size),
                            (profile.max_batch, 3, size, size))
@@ -153,6 +162,7 @@ def build_engine(onnx_path: str | Path, profile: EngineProfile, *, cache_dir: st
         with atomic_write(cache_file, "wb") as handle:
             handle.write(memoryview(config.get_timing_cache().serialize()))
     sidecar = engine_sidecar(meta, trt_version=trt.__version__, gpu=gpu, profile=dataclasses.asdict(profile),
-                             onnx_path=onnx_path, onnx_sha256=onnx_sha, build_seconds=seconds, key=key)
+                             onnx_path=onnx_path, onnx_sha256=onnx_sha, build_seconds=seconds, key=key,
+                             graph_io=graph_io)
     write_json(sidecar, str(engine_path) + ".json")
     return engine_path

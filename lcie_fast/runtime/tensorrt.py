@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .._optional import require
-from ..artifacts import EngineError, check_bundle, host_code_decision, sidecar_path
+from ..artifacts import EngineError, check_bundle, host_code_decision, is_deepstream_io, sidecar_path
 from ..metadata import ModelMetadata
 from .base import Backend
 
@@ -81,6 +81,9 @@ class TensorRTBackend(Backend):
         self.engine_path = Path(engine_path)
         self.gpu = current_gpu(device)
         self.sidecar = check_bundle(self.engine_path, trt.__version__, self.gpu, allow_host_code=allow_host_code)
+        if is_deepstream_io(self.sidecar["io"]):
+            raise EngineError(f"{self.engine_path} is a DeepStream engine (raw pixels in, probs out) for nvinfer; "
+                              f"tag with an engine built from model.onnx instead")
         self.meta = ModelMetadata.from_dict(self.sidecar["metadata"])
         self.precision = self.meta.precision
         self.device = f"cuda:{device}"

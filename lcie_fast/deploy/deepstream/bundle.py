@@ -114,8 +114,9 @@ def _copy_engine(engine: Path, graph_sha256: str, precision: str, batch_size: in
         raise InvalidInputError(
             f"--engine {engine} was built from another graph (sha256 {str(built_from)[:12]}...), not from this "
             f"{GRAPH_FILE} ({graph_sha256[:12]}...): an engine of model.onnx takes normalised input and returns "
-            f"logits, which nvinfer cannot feed or read. Leave --engine out: nvinfer builds the engine from "
-            f"{GRAPH_FILE} on first start and reuses it afterwards")
+            f"logits, which nvinfer cannot feed or read. Build one from the bundle's graph on the DeepStream machine "
+            f"(lcie-fast build-engine BUNDLE/{GRAPH_FILE} --profile ...; the same export writes the same graph), or "
+            f"leave --engine out: nvinfer builds the engine from {GRAPH_FILE} on first start and reuses it")
     built_precision = sidecar.get("metadata", {}).get("precision")
     if built_precision != precision:
         raise InvalidInputError(f"--engine {engine} is a {built_precision} engine; this bundle is {precision}")
