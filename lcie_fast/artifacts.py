@@ -140,7 +140,7 @@ def load_onnx(path: str | Path) -> Any:
         raise GraphError(f"{path} is not a valid ONNX file ({type(err).__name__}: {err})") from None
 
 
-def read_onnx_metadata(path_or_proto: Any) -> ModelMetadata:
+def read_onnx_metadata(path_or_proto: Any, source: Any = None) -> ModelMetadata:
     """The ModelMetadata embedded in an ONNX file (or ModelProto) by ``lcie-fast export``.
 
     Raises:
@@ -148,7 +148,7 @@ def read_onnx_metadata(path_or_proto: Any) -> ModelMetadata:
         MetadataError: the graph carries no (or malformed) lcie_fast metadata.
     """
     proto = path_or_proto
-    where = path_or_proto if isinstance(path_or_proto, (str, Path)) else "graph"
+    where = source or (path_or_proto if isinstance(path_or_proto, (str, Path)) else "graph")
     if not hasattr(proto, "metadata_props"):
         proto = load_onnx(path_or_proto)
     for prop in proto.metadata_props:

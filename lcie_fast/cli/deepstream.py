@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import InvalidInputError
+from ._options import unwind_on_sigterm
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -68,6 +69,7 @@ def add_export_deepstream_parser(sub: argparse._SubParsersAction) -> None:
 def _run_export_deepstream(args: argparse.Namespace) -> int:
     from ..deploy.deepstream.bundle import export_deepstream
 
+    unwind_on_sigterm()  # a kill removes the staging folder as Ctrl-C does
     if args.mode == "primary" and (args.operate_on_class_ids or args.min_object_size != (16, 16)):
         raise InvalidInputError("--operate-on-class-ids and --min-object-size apply to --mode secondary only")
     precision, batch_size = args.precision, args.batch_size
@@ -77,8 +79,10 @@ def _run_export_deepstream(args: argparse.Namespace) -> int:
         profile = load_profile(args.profile)
         if precision and precision != profile.precision:
             raise InvalidInputError(f"--precision {precision} contradicts profile {args.profile} ({profile.precision})")
-        precision, batch_size = profile.precision, batch_size or profile.max_batch
-    report = export_deepstream(args.model, args.output, precision=precision or "fp16", batch_size=batch_size or 8,
+        precision = profile.precision
+        batch_size = profile.max_batch if batch_size is None else batch_size
+    report = export_deepstream(args.model, args.output, precision=precision or "fp16",
+                               batch_size=8 if batch_size is None else batch_size,
                                input_scale=args.input_scale, mode=args.mode, threshold=args.threshold,
                                thresholds=args.thresholds, top_k=args.top_k, engine=args.engine, parser=args.parser, gie_id=args.gie_id,
                                operate_on_gie_id=args.operate_on_gie_id, operate_on_class_ids=args.operate_on_class_ids,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..data.transforms import DEFAULT_MAX_BYTES, DEFAULT_MAX_DECODE_BYTES
-from ._options import add_allow_host_code
+from ._options import add_allow_host_code, unwind_on_sigterm
 
 
 def _ranged(kind: type, low: float | None = None, high: float | None = None, *,
@@ -210,15 +210,7 @@ def _job(args: argparse.Namespace):
                   part_records=args.part_records)
 
 
-def _stop_on_sigterm(signum: int, frame: Any) -> None:
-    """SIGTERM (preemption, SLURM, ``kill``) unwinds like an exception: outputs are closed, Parquet parts kept,
-    a remote output uploaded, so a rerun resumes."""
-    raise SystemExit(128 + signum)
-
-
 def run_tag(args: argparse.Namespace) -> int:
-    import signal
-
     from ..batch import per_shard_jobs, plan_job, run_job
     from ..errors import InvalidInputError
     from ..runtime import is_server_url
@@ -242,7 +234,7 @@ def run_tag(args: argparse.Namespace) -> int:
     served = _tagger(args) if is_server_url(args.model) else None
     model_sha256 = served.backend.sha256 if served else _model_sha256(args.model)
     plans = [plan_job(each, args.model, model_sha256) for each in jobs]
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    unwind_on_sigterm()  # outputs are closed, Parquet parts kept, a remote output uploaded: a rerun resumes
     stdin = sys.stdin
     if "-" in args.inputs:
         sys.stdin = _RereadableStdin(stdin)  # a resumed output checks the first lines before tagging reads them

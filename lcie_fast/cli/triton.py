@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ._options import unwind_on_sigterm
+
 
 def add_export_triton_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export-triton", help="write a Triton Inference Server model repository from graphs and engines",
@@ -40,6 +42,7 @@ def _run_export_triton(args: argparse.Namespace) -> int:
     from ..deploy.triton import export_triton
     from ..deploy.triton_check import format_check
 
+    unwind_on_sigterm()  # a kill removes the staging folders as Ctrl-C does
     report = export_triton(args.models, args.output, name=args.name, max_batch=args.max_batch, preferred=args.preferred,
                            queue_delay_us=args.queue_delay_us, instances=args.instances, kind=args.kind,
                            ort_trt=args.ort_trt, with_probs=args.with_probs, thresholds=args.thresholds,

@@ -89,18 +89,46 @@ def add_probs_output(proto: Any, keep_logits: bool = True) -> None:
 DOWNSCALED_NAME = "images_downscaled"
 
 
-def antialias_kernel_2x() -> tuple[np.ndarray, np.ndarray]:
-    """The 1-D taps of an antialiased bilinear 2x reduction (torch's ``antialias=True``, PIL's
-    bilinear): ``[1, 3, 3, 1] / 8`` at stride 2, and per output position at an edge the sum of the
-    taps inside the image (7/8), by which the edge outputs are divided (renormalised, as torch does)."""
-    return np.array([1, 3, 3, 1], np.float32) / 8, np.array([7 / 8], np.float32)
+def reduction_taps_2x(size: int, interpolation: str = "bilinear") -> tuple[np.ndarray, int, np.ndarray]:
+    """The 2x reduction torch's antialiased resize (the model's own, :func:`~lcie_fast.data.transforms.resize_image`)
+    applies from 2 ``size`` to ``size`` pixels, as a convolution: its 1-D taps, the padding that centres them
+    at stride 2, and per output position the factor that renormalises the taps cut off at an edge.
+
+    Taken from torch itself (the resize of every unit impulse) and checked to reproduce its whole
+    resampling matrix (bilinear: ``[1, 3, 3, 1] / 8``; bicubic: 8 taps).
+
+    Raises:
+        GraphError: the resize is not such a convolution (it always is for these filters).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    impulses = torch.eye(2 * size, dtype=torch.float64).view(2 * size, 1, 1, 2 * size)
+    matrix = F.interpolate(impulses, size=(1, size), mode=interpolation, align_corners=False,
+                           antialias=True)[:, 0, 0, :].T.numpy()  # (size, 2 size): output i <- inputs
+    middle = size // 2
+    row = matrix[middle]
+    support = np.flatnonzero(np.abs(row) > 1e-12)
+    taps = row[support[0]:support[-1] + 1]
+    pad = 2 * middle - int(support[0])
+    rebuilt = np.zeros_like(matrix)
+    for i in range(size):
+        for k, tap in enumerate(taps):
+            j = 2 * i - pad + k
+            if 0 <= j < 2 * size:
+                rebuilt[i, j] = tap
+    inside = rebuilt.sum(1)
+    if np.abs(rebuilt / inside[:, None] - matrix).max() > 1e-9:
+        raise GraphError(f"torch's antialiased {interpolation} 2x reduction is not a renormalised convolution here")
+    return taps.astype(np.float32), pad, (1.0 / inside).astype(np.float32)
 
 
-def prepend_downscale_2x(proto: Any) -> int:
-    """Make input :data:`INPUT_NAME` twice as large: an antialiased bilinear 2x reduction (a fixed
-    depthwise 4x4 convolution at stride 2, edges renormalised) runs in front of everything that read
-    the input, in FP32. A scaler upstream (nvinfer's) then only has to halve the ratio it shrinks
-    by, where its lack of antialiasing costs little; the rest is the model's own filter.
+def prepend_downscale_2x(proto: Any, interpolation: str = "bilinear") -> int:
+    """Make input :data:`INPUT_NAME` twice as large: the model's own antialiased 2x reduction
+    (:func:`reduction_taps_2x`: a fixed depthwise convolution at stride 2, edges renormalised as torch
+    does) runs in front of everything that read the input, in FP32. A scaler upstream (nvinfer's)
+    then only has to halve the ratio it shrinks by, where its lack of antialiasing costs little; the
+    rest is the filter the model was trained with.
 
     Returns:
         The new input side (2 S).
@@ -118,15 +146,16 @@ def prepend_downscale_2x(proto: Any) -> int:
     size = dims[2].dim_value
     for node in proto.graph.node:
         node.input[:] = [DOWNSCALED_NAME if name == INPUT_NAME else name for name in node.input]
-    taps, edge = antialias_kernel_2x()
-    kernel = np.broadcast_to(np.outer(taps, taps), (3, 1, 4, 4)).astype(np.float32)
-    line = np.ones(size, np.float32)
-    line[[0, -1]] = edge[0]
-    correction = (1.0 / np.outer(line, line)).reshape(1, 1, size, size).astype(np.float32)
+    taps, pad, edges = reduction_taps_2x(size, interpolation)
+    width = len(taps)
+    kernel = np.broadcast_to(np.outer(taps, taps), (3, 1, width, width)).astype(np.float32)
+    correction = np.outer(edges, edges).reshape(1, 1, size, size).astype(np.float32)
+    end_pad = 2 * (size - 1) - pad + width - 2 * size  # inputs past the end the last output reads
     proto.graph.initializer.extend([numpy_helper.from_array(kernel, "lcie_down_kernel"),
                                     numpy_helper.from_array(correction, "lcie_down_edges")])
     nodes = [helper.make_node("Conv", [INPUT_NAME, "lcie_down_kernel"], ["lcie_down_conv"], name="lcie_down_conv",
-                              group=3, kernel_shape=[4, 4], strides=[2, 2], pads=[1, 1, 1, 1]),
+                              group=3, kernel_shape=[width, width], strides=[2, 2],
+                              pads=[pad, pad, max(end_pad, 0), max(end_pad, 0)]),
              helper.make_node("Mul", ["lcie_down_conv", "lcie_down_edges"], [DOWNSCALED_NAME], name="lcie_down_edges")]
     existing = list(proto.graph.node)
     del proto.graph.node[:]

@@ -29,8 +29,11 @@ from ..artifacts import (
     fp32_sibling,
     graph_has_qdq,
     graph_target,
+    is_deepstream_io,
+    load_onnx,
     onnx_io_problems,
     output_width_problem,
+    read_onnx_io,
     read_onnx_metadata,
 )
 from ..cpu import cpu_has_vnni
@@ -121,7 +124,12 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, path: str | Path, threads: int | None = None, prefer_cpu_graph: bool = True) -> None:
         self.requested = Path(path)
-        self.meta = read_onnx_metadata(self.requested)
+        proto = load_onnx(self.requested)
+        self.meta = read_onnx_metadata(proto, self.requested)
+        if is_deepstream_io(read_onnx_io(proto)):
+            raise GraphError(f"{self.requested} is a DeepStream graph (raw 0-255 pixels in, sigmoid scores out) for "
+                             f"nvinfer; tag with the model.onnx it was exported from")
+        del proto
         self.path = cpu_graph_for(self.requested) if prefer_cpu_graph else self.requested
         if self.path != self.requested:
             self.meta = read_onnx_metadata(self.path)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -34,10 +35,13 @@ from ...artifacts import (
     DEEPSTREAM_FORMAT_VERSION,
     PRECISIONS,
     PROBS_NAME,
+    EngineError,
     artifact_kind,
     graph_paths,
     read_onnx_metadata,
     read_sidecar,
+    sidecar_path,
+    validate_sidecar,
 )
 from ...errors import InputNotFoundError, InvalidInputError
 from ...io import write_json
@@ -49,6 +53,11 @@ CONFIG_FILE = "config_infer_lcie.txt"
 LABELS_FILE = "labels.txt"
 PROBE_FILE = "probe_lcie.py"
 ENGINE_FILE = "lcie_ds.engine"
+README_FILE = "README.md"
+# what a bundle writes: an --overwrite replaces these (and nvinfer's engines cached from the old graph) and nothing else
+BUNDLE_ENTRIES = (GRAPH_FILE, CONFIG_FILE, LABELS_FILE, PROBE_FILE, DEEPSTREAM_BUNDLE_FILE, README_FILE, "parser",
+                  ENGINE_FILE, f"{ENGINE_FILE}.json")
+NVINFER_ENGINE_CACHE = f"{GRAPH_FILE}_b*_gpu*_*.engine"
 MODES = ("primary", "secondary")
 PARSERS = ("cpp", "tensor-meta")
 NETWORK_MODE = {"fp32": 0, "int8": 1, "fp16": 2}  # nvinfer's network-mode
@@ -86,8 +95,8 @@ def _source_graph(model: Path, precision: str, workdir: Path, calib_data: str | 
     if kind == "onnx":
         source = graph_paths(model)[precision] if read_onnx_metadata(model).precision == "fp32" else model
         if not source.is_file():
-            raise InputNotFoundError(f"{source} not found: export it with lcie-fast export {model.name} --{precision}"
-                                     if precision != "fp32" else f"{source} not found")
+            raise InputNotFoundError(f"{source} not found: export it from the checkpoint with lcie-fast export "
+                                     f"CHECKPOINT.pt -o {model} --{precision}, or pass the checkpoint (.pt) as MODEL")
         found = read_onnx_metadata(source).precision
         if found != precision:
             raise InvalidInputError(f"{source} is a {found} graph, not {precision}: pass the FP32 model.onnx (its "
@@ -109,6 +118,10 @@ def _copy_engine(engine: Path, graph_sha256: str, precision: str, batch_size: in
     if not engine.is_file():
         raise InputNotFoundError(f"--engine {engine}: not found")
     sidecar = read_sidecar(engine)
+    built_meta = validate_sidecar(sidecar, sidecar_path(engine))  # every field read below, or an error naming it
+    profile, gpu = sidecar.get("profile"), sidecar.get("gpu")
+    if not isinstance(profile, dict) or not isinstance(gpu, dict):
+        raise EngineError(f"{sidecar_path(engine)}: fields 'profile' and 'gpu' must be objects")
     built_from = sidecar.get("onnx", {}).get("sha256") if isinstance(sidecar.get("onnx"), dict) else None
     if built_from != graph_sha256:
         raise InvalidInputError(
@@ -117,16 +130,14 @@ def _copy_engine(engine: Path, graph_sha256: str, precision: str, batch_size: in
             f"logits, which nvinfer cannot feed or read. Build one from the bundle's graph on the DeepStream machine "
             f"(lcie-fast build-engine BUNDLE/{GRAPH_FILE} --profile ...; the same export writes the same graph), or "
             f"leave --engine out: nvinfer builds the engine from {GRAPH_FILE} on first start and reuses it")
-    built_precision = sidecar.get("metadata", {}).get("precision")
-    if built_precision != precision:
-        raise InvalidInputError(f"--engine {engine} is a {built_precision} engine; this bundle is {precision}")
-    largest = sidecar.get("profile", {}).get("max_batch")
+    if built_meta.precision != precision:
+        raise InvalidInputError(f"--engine {engine} is a {built_meta.precision} engine; this bundle is {precision}")
+    largest = profile.get("max_batch")
     if isinstance(largest, int) and largest < batch_size:
         raise InvalidInputError(f"--engine {engine} takes batches up to {largest}; --batch-size is {batch_size}")
     shutil.copyfile(engine, folder / ENGINE_FILE)
     shutil.copyfile(f"{engine}.json", folder / f"{ENGINE_FILE}.json")
-    return {"tensorrt_version": sidecar.get("tensorrt_version"), "gpu": sidecar.get("gpu"),
-            "platform": sidecar.get("platform")}
+    return {"tensorrt_version": str(sidecar.get("tensorrt_version")), "gpu": gpu, "platform": str(sidecar.get("platform"))}
 
 
 def export_deepstream(model: str | Path, out_dir: str | Path, *, precision: str = "fp16", batch_size: int = 8,
@@ -173,14 +184,14 @@ def export_deepstream(model: str | Path, out_dir: str | Path, *, precision: str 
                                ("--gie-id", gie_id, 1), ("--operate-on-gie-id", operate_on_gie_id, 1)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
             raise InvalidInputError(f"{name} must be a whole number >= {least}, got {value!r}")
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise InvalidInputError(f"{out_dir} exists and is not an empty folder; pass --overwrite to replace it")
+    _check_destination(out_dir, overwrite)
     gie_id = gie_id if gie_id is not None else (1 if mode == "primary" else 2)
     if mode == "secondary" and gie_id == operate_on_gie_id:
         raise InvalidInputError(f"--gie-id {gie_id} equals --operate-on-gie-id: a secondary classifier needs its own id")
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    destination = out_dir.resolve()  # "." and symlinked folders: the real folder, staged beside it
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
     try:
         with tempfile.TemporaryDirectory(prefix="lcie-ds-export-") as workdir:
             source = _source_graph(model, precision, Path(workdir), calib_data)
@@ -196,15 +207,46 @@ def export_deepstream(model: str | Path, out_dir: str | Path, *, precision: str 
                                 operate_on_gie_id=operate_on_gie_id, operate_on_class_ids=operate_on_class_ids,
                                 min_object_size=min_object_size, gpu_id=gpu_id, engine_info=engine_info, size=size,
                                 input_scale=input_scale)
-        if out_dir.exists():
-            shutil.rmtree(out_dir) if out_dir.is_dir() else out_dir.unlink()
-        staging.rename(out_dir)
-    except BaseException:
+        _move_into_place(staging, destination)
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-        raise
     return {"folder": str(out_dir), "files": sorted(str(p.relative_to(staging)) for p in written),
             "precision": precision, "mode": mode, "parser": parser, "graph_sha256": graph["sha256"],
             "source": str(source), "engine": engine_info}
+
+
+def _check_destination(out_dir: Path, overwrite: bool) -> None:
+    """Refuse a destination the bundle must not be written into (before any work)."""
+    if not out_dir.exists():
+        if out_dir.is_symlink():
+            raise InvalidInputError(f"{out_dir} is a broken symbolic link")
+        return
+    if not out_dir.is_dir():
+        raise InvalidInputError(f"{out_dir} exists and is not a folder")
+    if not any(out_dir.iterdir()):
+        return
+    if not (out_dir / DEEPSTREAM_BUNDLE_FILE).is_file():
+        raise InvalidInputError(f"{out_dir} holds files but no bundle ({DEEPSTREAM_BUNDLE_FILE}): write the bundle into "
+                                f"a new or empty folder (--overwrite replaces only an earlier bundle's files)")
+    if not overwrite:
+        raise InvalidInputError(f"{out_dir} holds a bundle; pass --overwrite to replace it")
+
+
+def _move_into_place(staging: Path, destination: Path) -> None:
+    """A new folder is renamed into place in one step; into an existing (empty, or earlier bundle's) folder
+    the bundle's entries are replaced one by one, with nvinfer's engines cached from the old graph,
+    and every other file is kept."""
+    if not destination.exists():
+        staging.rename(destination)
+        return
+    stale = [destination / name for name in BUNDLE_ENTRIES] + list(destination.glob(NVINFER_ENGINE_CACHE))
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    for entry in staging.iterdir():
+        os.replace(entry, destination / entry.name)
 
 
 def _write_bundle(folder: Path, *, meta: Any, graph: dict[str, Any], labels: list[str], thresholds: list[float],
@@ -271,8 +313,30 @@ def _write_bundle(folder: Path, *, meta: Any, graph: dict[str, Any], labels: lis
     if engine_info:
         written += [folder / ENGINE_FILE, folder / f"{ENGINE_FILE}.json"]
     with contextlib.suppress(OSError):
-        folder.chmod(0o755)  # mkdtemp made it 0700
+        folder.chmod(0o755)  # mkdtemp made it 0700 (it becomes the bundle folder when that is new)
     return written
+
+
+PARSER_ROW = "| `parser/` | C++ multi-label parser: thresholds and top-k baked in (build it: below) |\n"
+PARSER_SECTION = """## Why a custom parser
+nvinfer's built-in classifier parser keeps only the best class per output layer, so a sigmoid
+output would give at most one tag per frame. `parser/` keeps every label at or above its own
+threshold (best first, at most top-k; `classifier-threshold` is not used by it) and sets the
+description string nvinfer needs to attach anything.
+
+## Build the parser (on the DeepStream machine)
+
+    cd parser && make CUDA_VER=12.8        # your DeepStream's CUDA version; DS_PATH=/opt/nvidia/deepstream/deepstream by default
+
+The parser was compiled and tested by lcie-fast only against a stub of `nvdsinfer_custom_impl.h`
+written from the documented structures: its ABI is checked only when you build it against the
+real DeepStream headers, here.
+"""
+TENSOR_META_SECTION = """## Raw scores as tensor metadata
+This bundle sets `network-type=100` and `output-tensor-meta=1`: nvinfer attaches the raw `probs`
+tensor to each frame (or object) and `probe_lcie.py` applies the thresholds and top-k. No parser
+library is needed (nvinfer's built-in classifier parser would keep one label per frame).
+"""
 
 
 def _readme_fields(values: dict[str, Any], bundle: dict[str, Any], engine_info: dict[str, Any] | None) -> dict[str, str]:
@@ -285,5 +349,9 @@ def _readme_fields(values: dict[str, Any], bundle: dict[str, Any], engine_info: 
     return {"labels": ", ".join(bundle["labels"]), "count": str(len(bundle["labels"])), "precision": bundle["precision"],
             "mode": bundle["mode"], "parser": bundle["parser"], "size": str(bundle["input_size"]),
             "batch": str(bundle["batch_size"]), "engine_note": engine, "trt": DEEPSTREAM_TENSORRT,
-            "top_k": str(bundle["top_k"] or "no limit"), "gie": str(bundle["gie_unique_id"]),
+            "tags_limit": (f"at most {bundle['top_k']} tags per frame or object" if bundle["top_k"]
+                           else "every label at or above its threshold is a tag (no top-k limit)"),
+            "parser_row": PARSER_ROW if bundle["parser"] == "cpp" else "",
+            "parser_section": PARSER_SECTION if bundle["parser"] == "cpp" else TENSOR_META_SECTION,
+            "gie": str(bundle["gie_unique_id"]),
             "thresholds": json.dumps(dict(zip(bundle["labels"], [round(t, 4) for t in bundle["thresholds"]])))}

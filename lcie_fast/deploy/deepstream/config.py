@@ -55,7 +55,11 @@ PROPERTY_GROUP = "property"
 
 
 def check_label_names(labels: Sequence[str]) -> None:
-    """Refuse label names the labels file (or the parser's C strings) cannot carry, naming the label."""
+    """Refuse label names the labels file (or the parser's C strings) cannot carry, or that repeat, naming the label."""
+    repeated = sorted({label for label in labels if list(labels).count(label) > 1})
+    if repeated:
+        raise InvalidInputError(f"labels {repeated} appear more than once: nvinfer's metadata and the probe name tags by "
+                                f"label, so each must be unique")
     for label in labels:
         bad = [name for char, name in ((";", "';'"), ("\n", "a line break"), ("\r", "a carriage return"),
                                        ("\0", "a NUL byte")) if char in label]

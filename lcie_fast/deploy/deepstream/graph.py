@@ -8,8 +8,8 @@ before the first Q/DQ of an INT8 graph) and a ``Sigmoid`` as its only output ``p
 then runs with ``net-scale-factor=1.0`` and ``offsets=0;0;0``.
 
 With ``input_scale=2`` (the default of ``export-deepstream``) the graph takes frames at twice the
-model's size and reduces them itself with the antialiased bilinear filter the model was trained
-with (:func:`~lcie_fast.deploy.graph_edits.prepend_downscale_2x`): nvinfer's scaler does not
+model's size and reduces them itself with the antialiased filter the model was trained with
+(bilinear or bicubic, from its metadata) (:func:`~lcie_fast.deploy.graph_edits.prepend_downscale_2x`): nvinfer's scaler does not
 antialias, and shrinking by half the ratio costs much less accuracy (measured in the README).
 
 Input ``images``: float32 (batch, 3, N, N) with N = ``input_scale`` x S, RGB, values 0-255
@@ -56,7 +56,7 @@ def build_deepstream_graph(source: str | Path, *, input_scale: int = 2, keep_log
                          f"the TensorRT-target model.int8.onnx")
     fold_normalisation(proto, meta.preprocess.mean, meta.preprocess.std)
     if input_scale == 2:
-        prepend_downscale_2x(proto)
+        prepend_downscale_2x(proto, meta.preprocess.interpolation)
     add_probs_output(proto, keep_logits=keep_logits)
     size = input_scale * meta.preprocess.input_size
     write_onnx_metadata(proto, meta, io={**DEEPSTREAM_IO, "input_size": size, "input_scale": input_scale})
