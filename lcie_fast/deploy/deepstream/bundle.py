@@ -354,4 +354,6 @@ def _readme_fields(values: dict[str, Any], bundle: dict[str, Any], engine_info: 
             "parser_row": PARSER_ROW if bundle["parser"] == "cpp" else "",
             "parser_section": PARSER_SECTION if bundle["parser"] == "cpp" else TENSOR_META_SECTION,
             "gie": str(bundle["gie_unique_id"]),
+            "scale_note": (f"; the graph halves it to the model's {bundle['model_input_size']} with the model's own "
+                           f"antialiased filter" if bundle["input_scale"] == 2 else ""),
             "thresholds": json.dumps(dict(zip(bundle["labels"], [round(t, 4) for t in bundle["thresholds"]])))}
