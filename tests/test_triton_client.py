@@ -30,8 +30,9 @@ from fake_triton_server import FakeTritonServer  # noqa: E402 - after the skips:
 
 from lcie_fast.artifacts import TRITON_METADATA_PARAMETER, triton_model_metadata  # noqa: E402
 from lcie_fast.cli import main  # noqa: E402
+from lcie_fast.errors import InvalidInputError  # noqa: E402
 from lcie_fast.runtime import BackendError, open_backend  # noqa: E402
-from lcie_fast.runtime.triton_client import TritonBackend, parse_triton_url  # noqa: E402
+from lcie_fast.runtime.triton_client import DEFAULT_MAX_REQUEST_BYTES, TritonBackend, parse_triton_url  # noqa: E402
 from lcie_fast.tagger import Tagger  # noqa: E402
 
 MODEL = "lcie_onnx_fp32"
@@ -175,6 +176,59 @@ def test_backend_splits_one_large_batch_and_matches_onnxruntime(server, graph):
     error = np.abs(logits - expected)
     print(f"logits vs ONNX Runtime: max {error.max():.2e}, mean {error.mean():.2e}")
     assert logits.shape == (7, meta.num_classes) and error.max() <= 1e-5
+
+
+def test_requests_stay_within_the_request_size_limit(server, graph, monkeypatch):
+    """Requests are split to fit max_request_bytes (tensor bytes + JSON header) as well as max_batch_size: with
+    the server holding the same limit, room for two images gives requests of 2 and no HTTP 413."""
+    path, meta = graph
+    size = meta.preprocess.input_size
+    image_bytes = 4 * 3 * size * size
+    limit = 2 * image_bytes + 1024  # two images and a header; a third image would not fit
+    monkeypatch.setattr(server, "max_request_bytes", limit)
+    batch = np.random.default_rng(6).standard_normal((7, 3, size, size)).astype(np.float32)  # (7, 3, S, S)
+    backend = TritonBackend(f"{server.url}/{MODEL}", max_request_bytes=limit)
+    try:
+        assert backend.images_per_request(7, (3, size, size)) == 2
+        before = len(server.infer_batches)
+        logits = backend.infer_numpy(batch)  # (7, C)
+        assert server.infer_batches[before:] == [2, 2, 2, 1]
+    finally:
+        backend.close()
+    assert np.abs(logits - open_backend(path, "onnxruntime").infer_numpy(batch)).max() <= 1e-5
+
+
+def test_the_default_request_limit_is_under_tritonservers_default():
+    assert 0 < (64 << 20) - DEFAULT_MAX_REQUEST_BYTES <= 64 << 10
+
+
+def test_a_server_limit_below_the_clients_is_named_with_the_fix(server, graph, monkeypatch):
+    _, meta = graph
+    size = meta.preprocess.input_size
+    monkeypatch.setattr(server, "max_request_bytes", 4 * 3 * size * size + 1024)  # one image fits, two do not
+    backend = TritonBackend(f"{server.url}/{MODEL}")
+    try:
+        with pytest.raises(BackendError, match=r"inference of a batch of 2 failed: .*\(HTTP 413\); the server refused "
+                                               r".*lower max_request_bytes or raise the server's limit"):
+            backend.infer(np.zeros((2, 3, size, size), np.float32))
+    finally:
+        backend.close()
+
+
+def test_one_image_above_the_request_limit_is_refused_at_load(server, graph):
+    _, meta = graph
+    size = meta.preprocess.input_size
+    limit = 4 * 3 * size * size  # the tensor alone: no room for the header
+    with pytest.raises(BackendError, match=rf"Triton model {server.url}/{MODEL}: a request of one 3x{size}x{size} FP32 "
+                                           rf"image is \d+ bytes .* above the request limit max_request_bytes={limit}: "
+                                           r"start tritonserver with a larger --http-max-input-size"):
+        TritonBackend(f"{server.url}/{MODEL}", max_request_bytes=limit)
+
+
+@pytest.mark.parametrize("limit", [0, -1, True, 1.5, "64M"])
+def test_max_request_bytes_must_be_a_positive_whole_number(limit):
+    with pytest.raises(InvalidInputError, match="max_request_bytes must be a positive whole number"):
+        TritonBackend("http://127.0.0.1:1/lcie", max_request_bytes=limit)
 
 
 def test_cli_tag_with_a_url_writes_the_onnxruntime_jsonl(server, graph, images, tmp_path):

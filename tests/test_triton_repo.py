@@ -399,6 +399,60 @@ def test_check_compares_data_types_with_every_plan(repo_copy):
         for cc in (86, 89)]
 
 
+def test_check_names_a_version_folder_triton_ignores_beside_a_served_one(repo_copy):
+    """Triton ignores version folders named 0, 007 ...: one beside version 1 is named, the model still checks."""
+    shutil.copytree(repo_copy / "lcie_onnx_fp16" / "1", repo_copy / "lcie_onnx_fp16" / "0")
+    _only_problem(repo_copy, "model lcie_onnx_fp16: lcie_onnx_fp16/0: version folder '0' starts with 0",
+                  "Triton ignores")
+    (repo_copy / "lcie_onnx_fp16" / "1").rename(repo_copy / "lcie_onnx_fp16" / "01")
+    problems = check_triton(repo_copy)["problems"]
+    assert len(problems) == 3 and any("no numeric version folder Triton serves" in p for p in problems), problems
+
+
+def _label_filename(repo: Path, name: str) -> None:
+    _edit_config(repo, "lcie_onnx_fp32", lambda c: setattr(c.output[1], "label_filename", name))
+
+
+def test_check_names_an_absolute_label_filename_and_where_triton_reads_it(repo_copy, tmp_path):
+    outside = tmp_path / "elsewhere" / "labels.txt"
+    outside.parent.mkdir()
+    shutil.copyfile(repo_copy / "lcie_onnx_fp32" / "labels.txt", outside)  # a good file: still not what Triton reads
+    _label_filename(repo_copy, str(outside))
+    _only_problem(repo_copy, "lcie_onnx_fp32/config.pbtxt: label_filename of output 'probs'",
+                  f"'{outside}' is an absolute path", f"would read lcie_onnx_fp32{outside}")
+
+
+def test_check_names_a_label_filename_that_leaves_the_model_folder(repo_copy):
+    shutil.copyfile(repo_copy / "lcie_onnx_fp32" / "labels.txt", repo_copy / "shared_labels.txt")
+    _label_filename(repo_copy, "../shared_labels.txt")
+    _only_problem(repo_copy, "lcie_onnx_fp32/config.pbtxt", "'../shared_labels.txt' leads out of the model folder "
+                                                            "(to shared_labels.txt)")
+    _label_filename(repo_copy, "../../nowhere/labels.txt")  # outside the repository, and missing: named, no crash
+    problems = check_triton(repo_copy)["problems"]
+    print("\n".join(problems))
+    missing = (repo_copy.parent / "nowhere" / "labels.txt").as_posix()
+    assert len(problems) == 2 and problems[1] == (f"model lcie_onnx_fp32: {missing}: missing (label_filename of "
+                                                  f"output 'probs')"), problems
+
+
+def test_check_resolves_model_filenames_as_triton_does(repo_copy):
+    """An absolute default_model_filename is read from inside the version folder (Triton's JoinPath), not a crash."""
+    _edit_config(repo_copy, "lcie_onnx_fp16", lambda c: setattr(c, "default_model_filename", "/opt/model.onnx"))
+    _only_problem(repo_copy, "lcie_onnx_fp16/1/opt/model.onnx: missing model file")
+
+
+@pytest.mark.parametrize("ends", [b"\r\n", b"\r"], ids=["crlf", "cr"])
+def test_check_names_carriage_returns_in_a_label_file(ends, repo_copy):
+    path = repo_copy / "lcie_trt_fp16" / "labels.txt"
+    path.write_bytes(path.read_bytes().replace(b"\n", ends))
+    problems = check_triton(repo_copy)["problems"]
+    print("\n".join(problems))
+    assert problems[0].startswith("model lcie_trt_fp16: lcie_trt_fp16/labels.txt: has a carriage return ('\\r') in "
+                                  "line 1"), problems
+    # CRLF keeps the line count (getline splits at '\n'); lone CRs make the whole file one line
+    assert len(problems) == (1 if ends == b"\r\n" else 2), problems
+
+
 def test_graph_with_external_data_is_copied_whole(graphs, tmp_path):
     import onnx
     import onnxruntime as ort

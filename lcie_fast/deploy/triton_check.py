@@ -4,8 +4,9 @@ For every model folder of the repository:
 
 - ``config.pbtxt`` parses with Triton's own schema (:func:`~lcie_fast.deploy.triton_proto.parse_model_config`:
   an unknown field, a bad enum or a stray brace is a problem naming the file, line and column);
-- its ``name`` is the folder's; at least one numeric version folder; batch settings are coherent
-  (``preferred_batch_size`` <= ``max_batch_size``, dynamic batching only with a batch);
+- its ``name`` is the folder's; at least one version folder Triton serves (numerically named, not
+  starting with ``0``: Triton ignores ``0``, ``007`` ...; a folder it ignores is named); batch settings
+  are coherent (``preferred_batch_size`` <= ``max_batch_size``, dynamic batching only with a batch);
 - the model files are there: ``model.onnx`` / ``model.plan`` (or ``default_model_filename``), or
   every ``cc_model_filenames`` value; a plan folder with ``cc_model_filenames`` *and*
   ``default_model_filename`` is a problem (a GPU without its own plan would fall back to an
@@ -16,8 +17,11 @@ For every model folder of the repository:
   dims list that includes it is named as such;
 - every ``max_batch_size`` lies within each engine's optimisation profile, and no profile starts
   above batch 1 (Triton sends any batch from 1 to ``max_batch_size``);
-- ``label_filename`` has one line per output column, and ``lcie_metadata.json`` is there, equals
-  the config's ``lcie_metadata`` parameter and names the graph's labels, precision and sha256.
+- ``label_filename`` is a file inside the model folder (Triton joins it to the model folder, so an
+  absolute path is read from inside it; a ``../`` path leaves the folder) with ``\n`` line ends (Triton
+  reads it with ``std::getline``: a CRLF file serves labels ending in ``\r``) and one line per output
+  column; ``lcie_metadata.json`` is there, equals the config's ``lcie_metadata`` parameter and names
+  the graph's labels, precision and sha256.
 
 What only a Triton server can check (that the backend loads the graph, that the server's
 TensorRT deserializes each plan on its GPU) is not checked here.
@@ -25,6 +29,7 @@ TensorRT deserializes each plan on its GPU) is not checked here.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -76,9 +81,31 @@ def plan_filename(compute_capability: str) -> str:
 
 
 def label_lines(text: str) -> list[str]:
-    """The labels of a Triton label file: one per ``\\n``-terminated line (Triton reads it line by line)."""
+    """The labels of a Triton label file: one per ``\\n``-terminated line (Triton reads it with ``std::getline``).
+
+    ``text`` must be the file's text without newline translation: a ``\\r`` before ``\\n`` stays part of
+    the label, as it does in Triton.
+    """
     lines = text.split("\n")
     return lines[:-1] if lines and lines[-1] == "" else lines
+
+
+def served_version(name: str) -> bool:
+    """Whether Triton serves a version folder of this name: numerically named, not starting with ``0``.
+
+    Triton's model repository documentation: subdirectories "that are not numerically named, or have
+    names that start with zero (0) will be ignored".
+    """
+    return re.fullmatch(r"[1-9][0-9]*", name) is not None
+
+
+def triton_join(folder: Path, name: str) -> Path:
+    """The path Triton reads for a file ``name`` of a config (``label_filename``, ``default_model_filename``).
+
+    Triton's ``JoinPath`` appends even an absolute segment to the folder (``/a/b`` -> ``folder/a/b``);
+    Python's ``/`` would replace the folder instead.
+    """
+    return folder / name.lstrip("/")
 
 
 def check_triton(repo: str | Path) -> dict[str, Any]:
@@ -90,7 +117,8 @@ def check_triton(repo: str | Path) -> dict[str, Any]:
     Returns:
         ``{"repository": str, "models": {folder: JSON view of its config (as the server's
         /v2/models/<name>/config returns it), or None when it does not parse}, "problems": [str]}``;
-        each problem names the model, the file (relative to ``repo``) and what is wrong.
+        each problem names the model, the file (relative to ``repo``, or whole when it lies outside)
+        and what is wrong.
 
     Raises:
         InputNotFoundError: ``repo`` is not a folder.
@@ -120,7 +148,15 @@ class _ModelCheck:
         self.problems: list[str] = []
 
     def problem(self, path: Path, message: str) -> None:
-        self.problems.append(f"model {self.name}: {path.relative_to(self.repo).as_posix()}: {message}")
+        self.problems.append(f"model {self.name}: {self._shown(path)}: {message}")
+
+    def _shown(self, path: Path) -> str:
+        """``path`` relative to the repository, or whole (normalised) when it lies outside it."""
+        normal = Path(os.path.normpath(path))
+        try:
+            return normal.relative_to(os.path.normpath(self.repo)).as_posix()
+        except ValueError:
+            return normal.as_posix()
 
     def run(self) -> dict[str, Any] | None:
         path = self.folder / CONFIG_FILE
@@ -156,9 +192,14 @@ class _ModelCheck:
         if kind == "tensorrt" and any(group.kind == pb.ModelInstanceGroup.KIND_CPU for group in config.instance_group):
             self.problem(path, "instance_group kind KIND_CPU: TensorRT plans run on GPUs only")
         lcie = self._check_lcie_metadata(path, config)
-        versions = sorted((p for p in self.folder.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+        numeric = [p for p in self.folder.iterdir() if p.is_dir() and p.name.isascii() and p.name.isdigit()]
+        versions = sorted((p for p in numeric if served_version(p.name)), key=lambda p: int(p.name))
+        for ignored in sorted(p for p in numeric if not served_version(p.name)):
+            self.problem(ignored, f"version folder {ignored.name!r} starts with 0: Triton ignores version folders whose "
+                                  f"names start with 0; number versions from 1")
         if not versions:
-            self.problem(self.folder / "1", "no numeric version folder (Triton serves <model>/<version>/<model file>)")
+            self.problem(self.folder / "1", "no numeric version folder Triton serves (Triton serves "
+                                            "<model>/<version>/<model file>, version 1 or above)")
         for version in versions:
             latest = version == versions[-1]
             if kind == "onnx":
@@ -213,7 +254,7 @@ class _ModelCheck:
 
     # -------------------------------------------------------------------------- ONNX graphs
     def _check_onnx_version(self, path: Path, config: Any, version: Path, lcie: Any, latest: bool) -> None:
-        graph_path = version / (config.default_model_filename or DEFAULT_FILENAMES["onnx"])
+        graph_path = triton_join(version, config.default_model_filename or DEFAULT_FILENAMES["onnx"])
         if config.cc_model_filenames:
             self.problem(path, "cc_model_filenames is for TensorRT plans; the ONNX Runtime backend ignores it")
         if not graph_path.is_file():
@@ -243,9 +284,9 @@ class _ModelCheck:
                 self.problem(path, f"default_model_filename {config.default_model_filename!r} beside cc_model_filenames: "
                                    f"a GPU without its own plan would load {config.default_model_filename}, an engine "
                                    f"built for another GPU; leave default_model_filename out")
-            plans = [(capability, version / name) for capability, name in sorted(config.cc_model_filenames.items())]
+            plans = [(capability, triton_join(version, name)) for capability, name in sorted(config.cc_model_filenames.items())]
         else:
-            plans = [(None, version / (config.default_model_filename or DEFAULT_FILENAMES["tensorrt"]))]
+            plans = [(None, triton_join(version, config.default_model_filename or DEFAULT_FILENAMES["tensorrt"]))]
         graph_shas = set()
         for capability, plan in plans:
             if not plan.is_file():
@@ -358,20 +399,41 @@ class _ModelCheck:
         for output in config.output:
             if not output.label_filename:
                 continue
-            file = self.folder / output.label_filename
+            name, where = output.label_filename, f"label_filename of output {output.name!r}"
+            config_file = self.folder / CONFIG_FILE
+            if name.startswith("/"):
+                read = self._shown(triton_join(self.folder, name))
+                self.problem(config_file, f"{where} {name!r} is an absolute path: Triton joins label_filename to the "
+                                          f"model folder, so it would read {read}; put the file in the model folder "
+                                          f"and name it relative to it")
+                continue
+            file = self.folder / name
+            if os.path.normpath(name).split(os.sep)[0] == os.pardir:
+                self.problem(config_file, f"{where} {name!r} leads out of the model folder (to {self._shown(file)}): "
+                                          f"keep the label file inside the model folder, the unit that is copied, "
+                                          f"moved or fetched from cloud storage")
             if not file.is_file():
-                self.problem(file, f"missing (label_filename of output {output.name!r})")
+                self.problem(file, f"missing ({where})")
                 continue
             try:
-                labels = label_lines(file.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError) as err:
+                text = file.read_bytes().decode("utf-8")  # bytes: no newline translation, a '\r' stays visible
+            except OSError as err:
+                self.problem(file, f"cannot be read: {err}")
+                continue
+            except UnicodeDecodeError as err:
                 self.problem(file, f"cannot be read as UTF-8 text: {err}")
                 continue
+            labels = label_lines(text)
+            carriage = next((number for number, label in enumerate(labels, 1) if "\r" in label), None)
+            if carriage is not None:
+                self.problem(file, f"has a carriage return ('\\r') in line {carriage} (Windows line ends?): Triton reads "
+                                   f"label files with std::getline, which splits at '\\n' only, so its labels would end "
+                                   f"in '\\r'; save it with '\\n' line ends")
             width = _width(list(output.dims), config.max_batch_size)
             if width is not None and len(labels) != width:
                 self.problem(file, f"has {len(labels)} lines but output {output.name!r} has {width} columns "
                                    f"(one label per line)")
-            elif lcie is not None and labels != list(lcie[0].label_names):
+            elif lcie is not None and carriage is None and labels != list(lcie[0].label_names):
                 line = next((i for i, (a, b) in enumerate(zip(labels, lcie[0].label_names), 1) if a != b), len(labels))
                 self.problem(file, f"differs from the labels of {TRITON_METADATA_FILE} (first at line {line})")
 

@@ -9,7 +9,10 @@ output names), which Triton returns with the model's configuration. So no file i
 images are decoded, resized and normalised on this machine exactly as for a local model; only the
 normalised float32 batch travels (as binary tensor data), and only the logits come back.
 
-Batches larger than the model's ``max_batch_size`` are sent in several requests. ``tritonclient.http`` is
+A batch goes out in as many requests as it takes to keep each within the model's ``max_batch_size`` and
+within a request size (``max_request_bytes``: the binary tensor bytes plus the JSON header), whose default
+stays just under tritonserver's default ``--http-max-input-size`` of 64 MiB: a full batch of 32 448-pixel
+FP32 images (77 MB) would otherwise be refused with HTTP 413. ``tritonclient.http`` is
 imported at first use (extra ``triton-client``). Its client runs on gevent, whose sockets belong to the
 thread that made them (another thread gets "Cannot switch to a different thread"), so the backend keeps
 one client per thread that calls it.
@@ -18,6 +21,7 @@ one client per thread that calls it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import threading
 import urllib.parse
@@ -27,11 +31,14 @@ import numpy as np
 
 from .._optional import require
 from ..artifacts import TRITON_METADATA_PARAMETER, read_triton_model_metadata
+from ..errors import InvalidInputError
 from ..metadata import MetadataError
 from .base import Backend, BackendError
 
 _URL = re.compile(r"^https?://", re.IGNORECASE)
 URL_FORM = "http[s]://HOST:PORT/MODEL[/VERSION]"
+SERVER_DEFAULT_MAX_INPUT = 64 << 20  # tritonserver --http-max-input-size default (HTTP_DEFAULT_MAX_INPUT_SIZE, 1 << 26)
+DEFAULT_MAX_REQUEST_BYTES = SERVER_DEFAULT_MAX_INPUT - (64 << 10)  # 64 KiB of slack under the server's default
 
 
 def is_server_url(model: Any) -> bool:
@@ -181,16 +188,27 @@ class TritonBackend(Backend):
         url: ``http[s]://HOST:PORT/MODEL[/VERSION]``.
         connection_timeout: Seconds to wait for a connection to the server.
         network_timeout: Seconds to wait for any reply (an inference of one batch included).
+        max_request_bytes: Largest inference request to send, in bytes: the binary FP32 images plus the
+            request's JSON header. The default, :data:`DEFAULT_MAX_REQUEST_BYTES`, stays 64 KiB under
+            tritonserver's default ``--http-max-input-size`` (64 MiB); raise both together for larger
+            requests, or lower this one for a server started with a smaller limit.
 
     Raises:
         BackendError: a malformed URL; the server unreachable or not live; the model unknown or not
-            ready; its config without lcie-fast metadata, or contradicting it. Each names the URL.
+            ready; its config without lcie-fast metadata, or contradicting it; one image of the model
+            larger than ``max_request_bytes``. Each names the URL.
+        InvalidInputError: ``max_request_bytes`` is not a positive whole number.
         MissingDependencyError: ``tritonclient[http]`` is not installed (extra ``triton-client``).
     """
 
     name = "triton"
 
-    def __init__(self, url: str, *, connection_timeout: float = 10.0, network_timeout: float = 120.0) -> None:
+    def __init__(self, url: str, *, connection_timeout: float = 10.0, network_timeout: float = 120.0,
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
+        if isinstance(max_request_bytes, bool) or not isinstance(max_request_bytes, int) or max_request_bytes < 1:
+            raise InvalidInputError(f"max_request_bytes must be a positive whole number of bytes, got "
+                                    f"{max_request_bytes!r:.40}")
+        self.max_request_bytes = max_request_bytes
         self.url = parse_triton_url(url)
         self.device = "cpu"  # images are normalised on this machine's CPU; the server picks its own devices
         self._http = require("tritonclient.http", "the Triton backend (a model URL, tag --backend triton)")
@@ -275,6 +293,7 @@ class TritonBackend(Backend):
         self.input_name = self.document["input"]["name"]
         self.output_name = next(o["name"] for o in self.document["outputs"] if o.get("activation") == "none")
         self._max_batch = int(self.config.get("max_batch_size", 0)) or None
+        self.images_per_request(1, (3, size, size))  # one image above max_request_bytes: refused now, not per batch
 
     @property
     def label(self) -> str:
@@ -285,17 +304,59 @@ class TritonBackend(Backend):
         """The model's ``max_batch_size`` (None when 0: the model takes any batch)."""
         return self._max_batch
 
-    def infer(self, images: Any) -> np.ndarray:
-        """Normalised float32 (N, 3, S, S) -> (N, C) logits; split into requests of at most :attr:`max_batch`.
+    def images_per_request(self, count: int, image_shape: tuple[int, ...]) -> int:
+        """How many of ``count`` images of ``image_shape`` one request carries.
+
+        At most :attr:`max_batch`, and few enough that the request (FP32 tensor bytes plus the JSON
+        header) stays within :attr:`max_request_bytes`.
+
+        Args:
+            count: Images to send (N).
+            image_shape: Shape of one image, (3, S, S).
+
+        Returns:
+            The images per request, from 1 to ``max(count, 1)`` (or to :attr:`max_batch`).
 
         Raises:
-            BackendError: the server refused a request or failed (its message, HTTP status and the model
-                named), the connection broke, or the reply has the wrong shape.
+            BackendError: a request of one image is larger than ``max_request_bytes``, naming the sizes
+                and the server option to raise.
+        """
+        image_bytes = 4 * int(np.prod(image_shape))
+        most = self._max_batch or max(count, 1)
+        header = self._header_bytes(most, image_shape)  # grows with the digits of the batch: `most` bounds it
+        fit = (self.max_request_bytes - header) // max(image_bytes, 1)
+        if fit < 1:
+            shape = "x".join(str(dim) for dim in image_shape)
+            raise BackendError(f"Triton model {self.url}: a request of one {shape} FP32 image is {image_bytes + header} "
+                               f"bytes ({image_bytes} of tensor, about {header} of JSON header), above the request limit "
+                               f"max_request_bytes={self.max_request_bytes}: start tritonserver with a larger "
+                               f"--http-max-input-size (its default is {SERVER_DEFAULT_MAX_INPUT} bytes) and pass "
+                               f"TritonBackend(max_request_bytes=...) up to it")
+        return min(most, fit)
+
+    def _header_bytes(self, batch: int, image_shape: tuple[int, ...]) -> int:
+        """Bytes of the JSON header of a request of ``batch`` images (KServe v2 with the binary tensor extension).
+
+        tritonclient writes the same fields (input name, shape, datatype, ``binary_data_size``; each output
+        with ``binary_data``); 256 bytes more cover spacing and fields another tritonclient version may add.
+        """
+        header = {"inputs": [{"name": self.input_name, "shape": [batch, *image_shape], "datatype": "FP32",
+                              "parameters": {"binary_data_size": 4 * batch * int(np.prod(image_shape))}}],
+                  "outputs": [{"name": self.output_name, "parameters": {"binary_data": True}}]}
+        return len(json.dumps(header).encode()) + 256
+
+    def infer(self, images: Any) -> np.ndarray:
+        """Normalised float32 (N, 3, S, S) -> (N, C) logits, sent in requests of :meth:`images_per_request` images.
+
+        Raises:
+            BackendError: one image is larger than the request limit, the server refused a request or
+                failed (its message, HTTP status and the model named), the connection broke, or the
+                reply has the wrong shape.
         """
         if hasattr(images, "detach"):
             images = images.detach().float().cpu().numpy()
         array = np.ascontiguousarray(images, dtype=np.float32)  # (N, 3, S, S)
-        step = self._max_batch or max(len(array), 1)
+        step = self.images_per_request(len(array), array.shape[1:])
         return np.concatenate([self._request(array[start:start + step]) for start in range(0, len(array), step)]
                               or [np.zeros((0, self.meta.num_classes), np.float32)])
 
@@ -308,8 +369,13 @@ class TritonBackend(Backend):
             result = self.client.infer(self.url.model, [tensor], model_version=self.url.version, outputs=wanted)
             logits = result.as_numpy(self.output_name)
         except self._errors as err:
+            hint = ""
+            if _status(err) == "413":  # Request Entity Too Large
+                hint = (f"; the server refused {batch.nbytes} bytes of images, so its --http-max-input-size is below "
+                        f"this client's max_request_bytes ({self.max_request_bytes}): lower max_request_bytes or "
+                        f"raise the server's limit")
             raise BackendError(f"Triton model {self.url}: inference of a batch of {len(batch)} failed: "
-                               f"{_reason(err)}") from None
+                               f"{_reason(err)}{hint}") from None
         if logits is None or logits.shape != (len(batch), self.meta.num_classes):
             got = "no output" if logits is None else f"shape {list(logits.shape)}"
             raise BackendError(f"Triton model {self.url}: output {self.output_name!r} has {got}, expected "
@@ -338,9 +404,15 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     return InferenceServerException, OSError, http.client.HTTPException
 
 
+def _status(err: BaseException) -> str | None:
+    """The HTTP status of a tritonclient server error, as text (``"413"``); None for other errors."""
+    status = err.status() if callable(getattr(err, "status", None)) else None
+    return None if status is None else str(status)
+
+
 def _reason(err: BaseException) -> str:
     """One line: the server's message and HTTP status for a server error, else the exception."""
     message = err.message() if callable(getattr(err, "message", None)) else str(err)
-    status = err.status() if callable(getattr(err, "status", None)) else None
+    status = _status(err)
     text = " ".join(str(message or type(err).__name__).split())[:500]
     return f"{text} (HTTP {status})" if status else text
