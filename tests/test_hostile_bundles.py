@@ -4,10 +4,10 @@
 the command line (``lcie_fast.cli.main``) and the library with odd arguments, odd labels, hand-broken
 repositories, output folders that already hold things, signals during an export and a server that goes
 away. Each test asserts what a user should get: one clear line and exit 1 (no traceback), nothing
-half-written, and bundles whose files do what their README says. Tests named after a problem fail
-until that problem is fixed; the others pin behaviour that works and matters.
+half-written, and bundles whose files do what their README says. Tests named after a problem pin its
+fix; the others pin behaviour that works and matters.
 
-Data is built here from ``tiny5_checkpoint`` / ``tiny5_onnx`` (the graphs of ``/work/main/demo_out`` are
+Data is built here from ``tiny5_checkpoint`` / ``tiny5_onnx`` (the graphs of ``make demo``'s ``demo_out/`` are
 used only where present, for the FP16 and INT8 parity check). Servers listen on 127.0.0.1 only and stop
 by themselves.
 """
