@@ -4,7 +4,7 @@
 CPU-target sibling when one fits; this script also scores the TensorRT-target graph as given
 (``prefer_cpu_graph=False``), so the two placements are compared on the same images and gates.
 
-    python benchmarks/cpu_int8_parity.py CKPT GRAPHS_DIR/model.onnx --data /work/shared/data/traffic5/valid \
+    python benchmarks/cpu_int8_parity.py CKPT GRAPHS_DIR/model.onnx --data ../shared/data/traffic5/valid \
         --output runs/cpu_int8_parity
 """
 
