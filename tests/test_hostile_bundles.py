@@ -327,7 +327,6 @@ def test_deepstream_export_killed_midway_leaves_nothing(signum, tiny5_checkpoint
             process.wait()
     assert "Traceback" not in err.decode(), err.decode()
     if out.exists():  # the signal landed after the one-step rename (a busy machine): a whole bundle, never half of one
-        assert process.returncode == 0, err.decode()
         assert all((out / name).is_file() for name in ("lcie_ds.onnx", "config_infer_lcie.txt", "labels.txt",
                                                         "lcie_deepstream.json", "README.md", "probe_lcie.py")), \
             f"a half-written bundle is in place: {sorted(p.name for p in out.iterdir())}"
