@@ -4,8 +4,8 @@ Markers (declared in pyproject.toml), each skipping with its reason where it can
 ``gpu`` (no CUDA GPU), ``tensorrt`` (TensorRT not importable), ``dali`` (DALI not
 installed), ``triton`` (no Triton, or neither a GPU nor the interpreter), ``interpreter``
 (Triton kernels on the CPU: TRITON_INTERPRET=1 must be set before Triton is first imported,
-so ``make test`` runs these in a second pytest pass), ``slow`` (runs by default; ``--fast``
-skips it).
+so ``make test`` runs these in a second pytest pass), ``slow`` (about 20 s or more on 2 cores;
+runs by default; ``--fast`` skips it, as ``make test`` does; ``make test-slow`` runs only these).
 
 Real-data tests find ``traffic5`` through ``LCIE_FAST_DATA`` (default ``../shared/data``
 beside the repository root) and skip with the path they looked at when it is absent.

@@ -38,6 +38,7 @@ def test_demo_runs_every_step_on_a_generated_set(tmp_path):
     assert all(row["passed"] for row in summary["parity"]), summary["parity"]
 
 
+@pytest.mark.slow
 def test_bench_command_compares_backends_with_eager_fp32(tmp_path):
     out = tmp_path / "bench"
     result = subprocess.run([sys.executable, "-m", "lcie_fast", "bench", "lcie_tiny", "--device", "cpu",

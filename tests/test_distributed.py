@@ -153,6 +153,7 @@ def test_records_equal_local_tagging(ray_cluster, tiny5_checkpoint, dataset, loc
     assert (out / "_SUCCESS").is_file() and len(list(read_ray_output(out)[1])) == 40
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_without_losing_or_repeating_a_row(ray_cluster, tiny5_checkpoint, dataset,
                                                                  local_records, tmp_path, monkeypatch):
     out = tmp_path / "out"
