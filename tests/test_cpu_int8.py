@@ -137,3 +137,19 @@ def test_cpu_graph_parity_with_eager(exported, shapes):
         print(f"{target} INT8 graph vs eager: cosine {rows[target]['cosine']:.5f}, agreement "
               f"{rows[target]['agreement']:.3f}, max |d| {rows[target]['max_abs']:.3e}")
     assert rows["cpu"]["cosine"] >= MIN_COSINE and rows["cpu"]["agreement"] >= MIN_AGREEMENT
+
+
+def test_reduce_range_keeps_the_first_three_convolutions_float(exported):
+    # 7-bit weights (CPUs without VNNI) cost the early layers most: there the stem and the two
+    # convolutions after it stay float; with 8-bit weights only the stem does.
+    import onnx
+
+    from lcie_fast.deploy.graphs import cpu_float_nodes
+
+    _, folder = exported
+    nodes = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph.node
+    convs = [n.name for n in nodes if n.op_type == "Conv"]
+    eight_bit, seven_bit = cpu_float_nodes(folder / "model.onnx"), cpu_float_nodes(folder / "model.onnx", True)
+    assert [name for name in eight_bit if name in convs] == convs[:1]
+    assert [name for name in seven_bit if name in convs] == convs[:3]
+    assert set(seven_bit) - set(eight_bit) == set(convs[1:3])
